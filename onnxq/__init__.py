@@ -1,0 +1,31 @@
+"""onnxq: portable INT8 ONNX models, and measured answers to "PTQ or QAT, on my hardware?".
+
+>>> import onnxq
+>>> res = onnxq.quantize("model.onnx", mode="static", calibration="calib.npz")   # doctest: +SKIP
+>>> print(res.fidelity)                                                           # doctest: +SKIP
+
+Heavy dependencies load lazily: ``import onnxq`` pulls in neither onnxruntime nor torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["quantize", "export", "load_profile", "make_plan", "OnnxqError", "__version__"]
+
+from .errors import OnnxqError
+from .plan import make_plan
+from .profiles import load_profile
+
+
+def quantize(*args, **kwargs):
+    """See :func:`onnxq.ptq.quantize`."""
+    from .ptq import quantize as _q
+
+    return _q(*args, **kwargs)
+
+
+def export(*args, **kwargs):
+    """See :func:`onnxq.export.export` (needs the torch extra)."""
+    from .export import export as _e
+
+    return _e(*args, **kwargs)

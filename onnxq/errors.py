@@ -1,0 +1,32 @@
+"""Error types. Every user-facing failure is one of these, so the CLI can print one line and exit.
+
+Exit codes follow ruff: 0 success, 1 ran but a check failed, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+__all__ = ["OnnxqError", "InputError", "ProfileError", "ProviderError", "CheckFailed"]
+
+
+class OnnxqError(Exception):
+    """Base class: a problem the user can fix. ``str(err)`` is one line saying what and how."""
+
+    exit_code = 2
+
+
+class InputError(OnnxqError):
+    """A model, data set or argument is missing, corrupt or does not fit."""
+
+
+class ProfileError(OnnxqError):
+    """A hardware profile is unknown or invalid."""
+
+
+class ProviderError(OnnxqError):
+    """A requested execution provider is not available or was not activated."""
+
+
+class CheckFailed(OnnxqError):
+    """The work ran, but a check (conformance, fidelity gate) failed."""
+
+    exit_code = 1

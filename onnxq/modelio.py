@@ -1,0 +1,126 @@
+"""Loading models with clear errors, and writing files atomically (temp file + rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import onnx
+
+from .errors import InputError
+
+__all__ = ["load_model", "save_model", "atomic_path", "write_json", "file_sha256", "default_output"]
+
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def load_model(path: str | os.PathLike, *, load_external: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model; a missing, non-ONNX, truncated or invalid file raises InputError."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"model file {path} does not exist; check the path")
+    if not path.is_file():
+        raise InputError(f"model path {path} is not a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"model file {path} is empty; re-export the model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError, RuntimeWarning or others on garbage
+        raise InputError(f"{path} is not a readable ONNX model ({type(e).__name__}); is the file truncated or of another format?") from e
+    if not model.graph.node and not model.graph.output:
+        raise InputError(f"{path} parsed but holds no graph; it is not an ONNX model (or it is corrupt)")
+    has_external = any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
+    )
+    if has_external and load_external:
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path} refers to external weight data that cannot be read ({e}); keep the .data file beside the model") from e
+    try:
+        onnx.checker.check_model(model if model.ByteSize() < PROTOBUF_LIMIT else str(path))
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path} is not a valid ONNX model: {first}") from e
+    return model
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    return model.ByteSize() >= PROTOBUF_LIMIT - 64 * 2**20
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path in the destination folder; rename it onto ``final`` only on success."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix + ".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write a model atomically; models near protobuf's 2 GB limit get a side ``.data`` file."""
+    path = Path(path)
+    if needs_external_data(model):
+        data_name = path.name + ".data"
+        with atomic_path(path) as tmp:
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
+        return path
+    with atomic_path(path) as tmp:
+        onnx.save_model(model, str(tmp))
+    return path
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_output(model_path: str | os.PathLike, mode: str) -> Path:
+    """``NAME.onnx`` -> ``NAME.int8.onnx`` (static/dynamic) or ``NAME.fp16.onnx``."""
+    p = Path(model_path)
+    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
+    tag = {"static": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}.get(mode, mode)
+    return p.with_name(f"{stem}.{tag}.onnx")
+
+
+def manifest_path(model_path: str | os.PathLike) -> Path:
+    p = Path(model_path)
+    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
+    return p.with_name(f"{stem}.onnxq.json")

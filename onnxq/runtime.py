@@ -1,0 +1,130 @@
+"""onnxruntime sessions on a profile's providers, never silently on a fallback.
+
+>>> from onnxq.runtime import make_session
+>>> sess, info = make_session("model.onnx", load_profile("cpu-x86-vnni"))   # doctest: +SKIP
+>>> info.active, info.fallback                                                 # doctest: +SKIP
+(['CPUExecutionProvider'], False)
+
+onnxruntime runs on CPU without a word when a requested provider is missing; here the requested
+list is compared with ``session.get_providers()`` and a difference is refused, or, when the caller
+allows fallback, recorded in ``SessionInfo.fallback`` / ``.note`` for every result to carry.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import onnxruntime as ort
+
+from .errors import InputError, ProviderError
+from .profiles import Profile
+
+__all__ = ["make_session", "SessionInfo", "available_providers", "required_providers"]
+
+_OPT = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass
+class SessionInfo:
+    requested: list[str]
+    active: list[str]
+    fallback: bool
+    note: str = ""
+    threads: int = 0
+    optimized_model: str | None = None
+    provider_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def required_providers(profile: Profile) -> list[str]:
+    """The providers the profile is about: all listed ones except a trailing CPU safety net."""
+    provs = list(profile.runtime.providers)
+    if len(provs) > 1 and provs[-1] == "CPUExecutionProvider":
+        provs = provs[:-1]
+    return provs
+
+
+def make_session(
+    model: str | os.PathLike | bytes,
+    profile: Profile,
+    *,
+    allow_fallback: bool = False,
+    threads: int | None = None,
+    optimized_model_path: str | None = None,
+) -> tuple[ort.InferenceSession, SessionInfo]:
+    """Create a session on the profile's providers; raise ProviderError on a silent fallback."""
+    required = required_providers(profile)
+    avail = available_providers()
+    missing = [p for p in required if p not in avail]
+    providers: list[Any] = []
+    for p in profile.runtime.providers:
+        if p in avail:
+            opts = profile.runtime.provider_options.get(p)
+            providers.append((p, {k: str(v) if isinstance(v, bool) else v for k, v in opts.items()}) if opts else p)
+    if missing and not allow_fallback:
+        raise ProviderError(
+            f"profile {profile.name!r} needs {', '.join(missing)}, which this onnxruntime build lacks (available: "
+            f"{', '.join(avail)}); install the matching onnxruntime package, pick another --profile, or pass "
+            "--allow-fallback to measure on what is available (marked as fallback)"
+        )
+    if not providers:
+        providers = ["CPUExecutionProvider"]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _OPT[profile.runtime.graph_optimization_level]
+    n = profile.runtime.intra_op_threads if threads is None else threads
+    if n:
+        so.intra_op_num_threads = n
+        so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if optimized_model_path:
+        so.optimized_model_filepath = optimized_model_path
+    src = model if isinstance(model, bytes) else os.fspath(model)
+    try:
+        sess = ort.InferenceSession(src, so, providers=providers)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"onnxruntime cannot load the model: {first}") from e
+    active = list(sess.get_providers())
+    inactive = [p for p in required if p not in active]
+    fallback = bool(inactive)
+    note = ""
+    if fallback:
+        note = f"FALLBACK: requested {', '.join(required)} but active {', '.join(active)}"
+        if not allow_fallback:
+            raise ProviderError(
+                f"profile {profile.name!r}: onnxruntime did not activate {', '.join(inactive)} (active: {', '.join(active)}); "
+                "check drivers/libraries, or pass --allow-fallback to accept and record the fallback"
+            )
+    return sess, SessionInfo(
+        requested=list(profile.runtime.providers),
+        active=active,
+        fallback=fallback,
+        note=note,
+        threads=n,
+        optimized_model=optimized_model_path,
+        provider_options={k: dict(v) for k, v in profile.runtime.provider_options.items()},
+    )
+
+
+def run_batches(sess: ort.InferenceSession, batches) -> list[list]:
+    """Run every batch; returns per-output lists of arrays (concatenate to get the whole set)."""
+    names = [o.name for o in sess.get_outputs()]
+    outs: list[list] = [[] for _ in names]
+    for b in batches:
+        feed = {i.name: b[i.name] for i in sess.get_inputs()}
+        for i, v in enumerate(sess.run(None, feed)):
+            outs[i].append(v)
+    return outs

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -235,7 +236,7 @@ def _read_file(path: Path, specs: list[InputSpec]) -> Iterator[dict[str, Any]]:
             raise InputError(f"calibration file {path} must be .npz (keyed by input name) or .npy (single input)")
     except InputError:
         raise
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"cannot read calibration file {path}: {e}") from e
 
 

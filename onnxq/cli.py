@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except OnnxqError as e:
         print(f"onnxq: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # e.g. `onnxq profiles | head`
+        return 0
     except KeyboardInterrupt:
         print("onnxq: interrupted; no output was written", file=sys.stderr)
         return 130

@@ -124,3 +124,24 @@ def manifest_path(model_path: str | os.PathLike) -> Path:
     p = Path(model_path)
     stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
     return p.with_name(f"{stem}.onnxq.json")
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Sort nodes topologically in place (some converters append producers after consumers)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in available for i in n.input):
+                ordered.append(n)
+                available.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # a cycle or an outer-scope input: keep the remaining order
+            ordered.extend(rest)
+            break
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)

@@ -25,12 +25,13 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.version_converter
 
 from . import __version__
 from .calibration import CalibrationSet, RangeReport, collect_ranges
 from .errors import InputError
 from .evaluate import fidelity
-from .modelio import atomic_path, default_output, file_sha256, load_model, manifest_path, write_json
+from .modelio import toposort, atomic_path, default_output, file_sha256, load_model, manifest_path, write_json
 from .plan import QuantPlan, make_plan, resolve_op_types
 from .profiles import Profile, load_profile
 
@@ -288,13 +289,20 @@ def quantize(
     out = Path(output) if output else default_output(model_path, plan.mode)
     if out.resolve() == model_path.resolve():
         raise InputError(f"output {out} is the input model; onnxq never overwrites its input: choose another -o")
+    model = load_model(model_path)
     if plan.mode == "static" and calibration is None and not calib_random:
         raise InputError(
             "--mode static needs calibration data: pass --calib FILE.npz (keyed by input name), a .npy or a directory; "
             "--calib-random N exists for smoke tests only (not representative)"
         )
-    model = load_model(model_path)
     ops_before = _op_counts(model)
+    model_opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if plan.mode == "static" and plan.opset > model_opset and plan.weight_type in ("int4", "uint4"):
+        # 4-bit QDQ needs opset 21; convert instead of writing a model onnxruntime refuses
+        try:
+            model = onnx.version_converter.convert_version(model, plan.opset)
+        except Exception as e:  # the converter raises several internal error types
+            raise InputError(f"{plan.weight_type} weights need opset {plan.opset}, and converting this opset-{model_opset} model failed: {e}; re-export it with --opset {plan.opset}") from e
     graph_ops = set(ops_before)
     # Samples for calibration and for the fidelity check. Loaded before any work, so bad data
     # fails fast with nothing written.
@@ -364,6 +372,7 @@ def quantize(
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     half = convert_float_to_float16(model, keep_io_types=plan.keep_io_types, disable_shape_infer=False)
+                toposort(half.graph)  # the converter appends its input Casts after their consumers
                 onnx.save_model(half, str(tmp_out))
                 holdout = calib.split(HOLDOUT)[1] if calib is not None else None
                 reason = "fp16: every float tensor converted; float32 inputs/outputs kept" if plan.keep_io_types else "fp16"

@@ -1,0 +1,191 @@
+"""PTQ: the onnxruntime test triad (op counts, quantized dtypes, loose numerics) on tiny graphs."""
+
+from collections import Counter
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxq
+from onnxq.check import check_model
+from onnxq.profiles import load_profile
+
+
+def ops(path):
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def inits(path):
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def optimized_ops(path, tmp_path):
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+def test_static_cnn_is_qdq_int8_and_fuses_into_integer_kernels(cnn_model, tmp_path):
+    model, calib = cnn_model
+    res = onnxq.quantize(model, mode="static", calibration=calib, profile="cpu-x86-vnni", progress=False)
+    assert res.output == model.with_name("cnn.int8.onnx") and res.output.exists()
+    c = ops(res.output)
+    assert c["Conv"] == 2 and c["Gemm"] == 1 and c["QuantizeLinear"] >= 5 and c["DequantizeLinear"] >= 10
+    assert c["Relu"] == 0  # removed: uint8 asymmetric clamps at zero
+    weights = inits(res.output)
+    assert weights["w1_quantized"].dtype == np.int8 and weights["w1_scale"].shape == (8,)  # per-channel
+    assert weights["input_zero_point"].dtype == np.uint8
+    fused = optimized_ops(res.output, tmp_path)
+    assert fused["QLinearConv"] == 2 and fused["Conv"] == 0
+    f = res.fidelity["logits"]
+    assert f["cosine"] > 0.999 and f["sqnr_db"] > 25 and f["top1_agreement"] >= 0.95
+    assert check_model(onnx.load(str(res.output)), load_profile("cpu-x86-vnni")) == []
+    manifest = json.loads(res.manifest.read_text())
+    assert manifest["profile"]["name"] == "cpu-x86-vnni" and len(manifest["profile"]["sha256"]) == 64
+    assert manifest["result"]["calibration"]["sha256"] and manifest["versions"]["onnxruntime"] == ort.__version__
+    assert res.manifest.name == "cnn.int8.onnxq.json"
+
+
+def test_tensorrt_profile_writes_symmetric_zero_points_and_weight_pairs(cnn_model):
+    model, calib = cnn_model
+    res = onnxq.quantize(model, mode="static", calibration=calib, profile="tensorrt", progress=False, output=model.with_name("trt.onnx"))
+    m = onnx.load(str(res.output))
+    zps = [numpy_helper.to_array(t) for t in m.graph.initializer if t.name.endswith("zero_point")]
+    act_zps = [z for z in zps if z.dtype == np.int8]
+    assert act_zps and all(np.all(z == 0) for z in act_zps)
+    assert check_model(m, load_profile("tensorrt")) == []
+    # on this CPU-only host the profile's provider is missing: validation says so loudly
+    assert res.validation["providers"]["fallback"] is True
+    assert any("FALLBACK" in w for w in res.warnings)
+
+
+def test_dynamic_mlp_uses_integer_matmul_and_conv_warning(mlp_model, cnn_model):
+    model, calib = mlp_model
+    res = onnxq.quantize(model, mode="dynamic", calibration=calib, profile="cpu-x86-vnni", progress=False)
+    c = ops(res.output)
+    assert c["DynamicQuantizeLinear"] >= 1 and c["MatMulInteger"] == 2 and c["MatMul"] == 0
+    assert res.fidelity["y"]["cosine"] > 0.995
+    assert not any("Conv" in w for w in res.warnings)
+    cnn, ccalib = cnn_model
+    res2 = onnxq.quantize(cnn, mode="dynamic", calibration=ccalib, profile="cpu-x86-vnni", progress=False)
+    assert any("SLOWER than FP32" in w and "--mode static" in w for w in res2.warnings)
+
+
+def test_fp16_keeps_float32_io(cnn_model):
+    model, calib = cnn_model
+    res = onnxq.quantize(model, mode="fp16", calibration=calib, profile="cpu-x86-vnni", progress=False)
+    m = onnx.load(str(res.output))
+    assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert m.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert any(t.data_type == TensorProto.FLOAT16 for t in m.graph.initializer)
+    assert res.output.name == "cnn.fp16.onnx" and res.fidelity["logits"]["cosine"] > 0.9999
+    assert res.size_after < 0.7 * res.size_before
+
+
+def _golden_model(path):
+    """y = x @ W with W = [[0.5, -0.25], [0.125, -0.0625]]: one MatMul."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    w = numpy_helper.from_array(np.array([[0.5, -0.25], [0.125, -0.0625]], np.float32), "W")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g", [x], [y], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save_model(m, str(path))
+
+
+def test_golden_scales_and_zero_points_worked_out_by_hand(tmp_path):
+    """uint8 asymmetric activations and int8 symmetric weights, by hand.
+
+    x calibrated on [-1, 3]: scale = (3 - -1) / 255 = 0.015686275, zero point = round(1 / scale) = round(63.75) = 64.
+    W per-tensor, |W|max = 0.5: scale = 0.5 / 127 = 0.003937008, zero point 0,
+    W_q = round(W / scale) = [[127, -64], [32, -16]]  (-0.25/0.003937 = -63.5 rounds half to even: -64).
+    """
+    path = tmp_path / "g.onnx"
+    _golden_model(path)
+    xs = np.array([[-1.0, 3.0], [0.5, 2.0], [0.0, -0.5], [1.0, 1.0]] * 8, np.float32)
+    res = onnxq.quantize(path, mode="static", calibration={"x": xs}, profile="cpu-x86-vnni", method="minmax",
+                         per_channel=False, op_types=["MatMul"], progress=False)
+    t = inits(res.output)
+    assert t["x_zero_point"].dtype == np.uint8 and int(t["x_zero_point"]) == 64
+    assert float(t["x_scale"]) == pytest.approx(4 / 255, rel=1e-6)
+    assert float(t["W_scale"]) == pytest.approx(0.5 / 127, rel=1e-6)
+    assert t["W_zero_point"].dtype == np.int8 and int(t["W_zero_point"]) == 0
+    np.testing.assert_array_equal(t["W_quantized"], np.array([[127, -64], [32, -16]], np.int8))
+
+
+def test_golden_int8_symmetric_activation(tmp_path):
+    """tensorrt profile: int8 symmetric activations: scale = max|x| * 2 / 254 = 3 / 127, zero point 0."""
+    path = tmp_path / "g.onnx"
+    _golden_model(path)
+    xs = np.array([[-1.0, 3.0], [0.5, 2.0]] * 8, np.float32)
+    res = onnxq.quantize(path, mode="static", calibration={"x": xs}, profile="tensorrt", method="minmax",
+                         op_types=["MatMul"], progress=False)
+    t = inits(res.output)
+    assert t["x_zero_point"].dtype == np.int8 and int(t["x_zero_point"]) == 0
+    assert float(t["x_scale"]) == pytest.approx(3 / 127, rel=1e-6)
+
+
+def test_entropy_and_percentile_really_differ_from_minmax(tmp_path):
+    """Heavy-tailed data with rare outliers: entropy/percentile clip, minmax does not."""
+    path = tmp_path / "g.onnx"
+    _golden_model(path)
+    rng = np.random.default_rng(0)
+    xs = rng.laplace(0, 0.5, (512, 2)).astype(np.float32)
+    xs[0, 0] = 40.0  # one outlier
+    scales = {}
+    for m in ("minmax", "entropy", "percentile"):
+        res = onnxq.quantize(path, mode="static", calibration={"x": xs}, profile="cpu-x86-vnni", method=m,
+                             op_types=["MatMul"], per_channel=False, progress=False, output=tmp_path / f"{m}.onnx",
+                             percentile=99.0)
+        scales[m] = float(inits(res.output)["x_scale"])
+        assert res.calibration["method"] == m
+    assert scales["minmax"] > 40 / 255 * 0.99
+    assert scales["entropy"] < scales["minmax"] / 3
+    assert scales["percentile"] < scales["minmax"] / 3
+
+
+def test_attention_mask_with_inf_keeps_mask_tensors_float_under_every_method(attn_model):
+    model, calib = attn_model
+    for m in ("minmax", "entropy", "percentile"):
+        res = onnxq.quantize(model, mode="static", calibration=calib, profile="cpu-x86-vnni", method=m,
+                             op_types=["MatMul", "Add", "Mul", "Softmax"], progress=False, output=model.with_name(f"a_{m}.onnx"))
+        assert "mask" in res.float_tensors and "sm" in res.float_tensors
+        assert any("kept" in w and "float" in w for w in res.warnings)
+        assert np.isfinite(res.fidelity["y"]["cosine"]) and res.fidelity["y"]["cosine"] > 0.95
+
+
+def test_huge_finite_mask_is_kept_float_too(tmp_path):
+    import tiny_models
+
+    path = tmp_path / "attn.onnx"
+    tiny_models.attention(path)
+    data = tiny_models.attention_data(32, mask_value=float(np.finfo(np.float32).min))
+    res = onnxq.quantize(path, mode="static", calibration=data, profile="cpu-x86-vnni",
+                         op_types=["MatMul", "Add", "Softmax"], progress=False)
+    assert "sm" in res.float_tensors and "huge" in res.float_tensors["sm"]
+    assert res.fidelity["y"]["cosine"] > 0.95
+
+
+def test_transformer_auto_restricts_to_matmul(attn_model):
+    model, calib = attn_model
+    res = onnxq.quantize(model, mode="static", calibration=calib, profile="cpu-x86-vnni", progress=False)
+    assert res.op_types == ["MatMul", "Gemm"]
+    c = ops(res.output)
+    assert c["Softmax"] == 1
+    softmax_in = [n for n in onnx.load(str(res.output)).graph.node if n.op_type == "Softmax"][0].input[0]
+    producers = {o: n.op_type for n in onnx.load(str(res.output)).graph.node for o in n.output}
+    assert producers[softmax_in] == "Add"  # the masked scores stay float
+
+
+def test_int4_weights_run_but_are_only_smaller(cnn_model):
+    model, calib = cnn_model
+    res = onnxq.quantize(model, mode="static", calibration=calib, profile="cpu-x86-vnni", weight_type="int4",
+                         progress=False, output=model.with_name("int4.onnx"))
+    m = onnx.load(str(res.output))
+    assert any(t.data_type == TensorProto.INT4 for t in m.graph.initializer)
+    assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 21
+    assert res.fidelity["logits"]["cosine"] > 0.97

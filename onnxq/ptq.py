@@ -31,7 +31,7 @@ from . import __version__
 from .calibration import CalibrationSet, RangeReport, collect_ranges
 from .errors import InputError
 from .evaluate import fidelity
-from .modelio import toposort, atomic_path, default_output, file_sha256, load_model, manifest_path, write_json
+from .modelio import needs_external_data, toposort, atomic_path, default_output, file_sha256, load_model, manifest_path, write_json
 from .plan import QuantPlan, make_plan, resolve_op_types
 from .profiles import Profile, load_profile
 
@@ -290,6 +290,11 @@ def quantize(
     if out.resolve() == model_path.resolve():
         raise InputError(f"output {out} is the input model; onnxq never overwrites its input: choose another -o")
     model = load_model(model_path)
+    if needs_external_data(model):
+        raise InputError(
+            f"{model_path} is {model.ByteSize() / 2**30:.1f} GB, over protobuf's 2 GB limit; onnxq quantize cannot stage it yet: "
+            "use onnxruntime.quantization with use_external_data_format=True, or quantize a smaller export"
+        )
     if plan.mode == "static" and calibration is None and not calib_random:
         raise InputError(
             "--mode static needs calibration data: pass --calib FILE.npz (keyed by input name), a .npy or a directory; "

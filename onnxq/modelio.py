@@ -50,6 +50,12 @@ def load_model(path: str | os.PathLike, *, load_external: bool = True) -> onnx.M
     return model
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def needs_external_data(model: onnx.ModelProto) -> bool:
     return model.ByteSize() >= PROTOBUF_LIMIT - 64 * 2**20
 
@@ -64,6 +70,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():

@@ -369,7 +369,13 @@ def quantize(
                     )
                 src = tmp / "input.onnx"
                 onnx.save_model(model, str(src))
-                quantize_dynamic(str(src), str(tmp_out), **ort_arguments(plan, resolved_ops, []))
+                root = logging.getLogger()
+                level = root.level
+                root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on every call
+                try:
+                    quantize_dynamic(str(src), str(tmp_out), **ort_arguments(plan, resolved_ops, []))
+                finally:
+                    root.setLevel(level)
                 holdout = calib.split(HOLDOUT)[1] if calib is not None else None
             elif plan.mode == "fp16":
                 from onnxruntime.transformers.float16 import convert_float_to_float16

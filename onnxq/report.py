@@ -58,3 +58,318 @@ def quant_summary_table(res: dict[str, Any]) -> str:
         rows.append([name, _fmt(f["cosine"], 5), _fmt(f["sqnr_db"], 1), _fmt(f["max_abs"], 4), _fmt(f.get("top1_agreement"), 4)])
     out += "\n\n" + tabulate(rows, headers=["output", "cosine", "SQNR dB", "max-abs", "top-1 agree"], tablefmt="github")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# bench / eval / compare / cross-hardware reports (issue #4). Inputs are result documents
+# (schema onnxq.results/1, see onnxq/results.py); only tabulate is needed, matplotlib optionally.
+
+__all__ += [
+    "host_summary",
+    "bench_table",
+    "eval_table",
+    "compare_table",
+    "compare_markdown",
+    "cross_markdown",
+    "cross_table",
+    "pareto_front",
+    "write_pareto_plot",
+]
+
+_ISA_NAMES = {
+    "avx2": "AVX2", "avx512f": "AVX512F", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
+    "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16", "asimddp": "NEON-dotprod",
+    "i8mm": "I8MM",
+}
+
+
+def _num(v: Any) -> float | None:
+    from .results import num
+
+    return num(v)
+
+
+def _ms(v: Any) -> str:
+    x = _num(v)
+    if x is None:
+        return "-"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.3f}" if x >= 0.1 else f"{x:.4f}"
+
+
+def _x(v: Any) -> str:
+    x = _num(v)
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def host_summary(host: dict[str, Any]) -> str:
+    """One line: CPU, int8 ISA flags, cores, GPUs, onnxruntime version and build providers."""
+    flags = [_ISA_NAMES.get(k, k) for k, v in (host.get("isa_flags") or {}).items() if v]
+    ort_info = host.get("onnxruntime") or {}
+    parts = [
+        f"{host.get('cpu_model', '?')} ({host.get('arch', '?')})",
+        f"{host.get('cores', '?')} logical cores" + (f" / {host['physical_cores']} physical" if host.get("physical_cores") else ""),
+        "int8 ISA: " + (", ".join(flags) if flags else "none of AVX2/VNNI/AMX"),
+    ]
+    if host.get("gpus"):
+        parts.append("GPU: " + "; ".join(host["gpus"]))
+    if ort_info:
+        parts.append(f"onnxruntime {ort_info.get('version', '?')} (build providers: {', '.join(ort_info.get('build_providers', []))})")
+    if host.get("hostname"):
+        parts.insert(0, f"host {host['hostname']}")
+    return "; ".join(parts)
+
+
+def bench_table(doc: dict[str, Any], tablefmt: str = "github") -> str:
+    """Latency table of an ``onnxq bench`` result: median/p90/p99 ms, throughput, speedup."""
+    rows = []
+    for r in doc["rows"]:
+        lat = r["latency"]
+        prov = ", ".join(p.replace("ExecutionProvider", "") for p in r["providers_active"])
+        rows.append([
+            r["label"], r["batch"], _ms(lat["median_ms"]), _ms(lat["p90_ms"]), _ms(lat["p99_ms"]),
+            f"{_num(lat['throughput']):.1f}", _x(r.get("speedup")), prov + (" FALLBACK" if r.get("fallback") else ""),
+        ])
+    headers = ["model", "batch", "median ms", "p90 ms", "p99 ms", "samples/s", "speedup", "providers"]
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def eval_table(doc: dict[str, Any], tablefmt: str = "simple") -> str:
+    """The metrics of an ``onnxq eval`` result."""
+    m = doc["metrics"]
+    rows = [["samples", m.get("samples")], ["output", m.get("output")]]
+    for k, v in (m.get("accuracy") or {}).items():
+        rows.append([f"accuracy {k}", f"{100 * v:.2f} %"])
+    for out, f in (m.get("fidelity") or {}).items():
+        rows.append([f"{out}: cosine / SQNR dB / max-abs / MSE",
+                     f"{_fmt(_num(f['cosine']), 5)} / {_fmt(_num(f['sqnr_db']), 1)} / {_fmt(_num(f['max_abs']), 4)} / {_fmt(_num(f.get('mse')), 6)}"])
+        if "top1_agreement" in f:
+            rows.append([f"{out}: top-1 agreement", f"{100 * f['top1_agreement']:.2f} %"])
+    if doc.get("headline"):
+        h = doc["headline"]
+        rows.append([f"--metric {h['metric']}", _fmt(_num(h["value"]), 5)])
+    prov = doc.get("providers") or {}
+    if prov:
+        rows.append(["providers", ", ".join(prov.get("active", [])) + (" (FALLBACK)" if prov.get("fallback") else "")])
+    return tabulate(rows, tablefmt=tablefmt, disable_numparse=True)
+
+
+_METRIC_LABELS = {"top1": "top-1 %", "top5": "top-5 %", "agreement": "top-1 agree %", "cosine": "cosine x100"}
+
+
+def compare_table(prof: dict[str, Any], metric: str, batches: list[int], tablefmt: str = "github", error_width: int | None = 60) -> str:
+    """One profile of an ``onnxq compare`` result: quality, delta vs FP32, size, latency, speedup."""
+    fp32 = next((v for v in prof["variants"] if v["name"] == "fp32"), None)
+    ref = _num(fp32.get("quality")) if fp32 else None
+    main_b = str(max(batches)) if batches else None
+    rows = []
+    for v in prof["variants"]:
+        q = _num(v.get("quality"))
+        delta = f"{round(100 * (q - ref), 2) + 0.0:+.2f}" if q is not None and ref is not None else "-"
+        lat = v.get("latency") or {}
+        note = v.get("error") or v.get("latency_note") or ""
+        if (v.get("eval_providers") or {}).get("fallback") or (v.get("latency_providers") or {}).get("fallback"):
+            note = ("FALLBACK " + note).strip()
+        if error_width and len(note) > error_width:
+            note = note[: error_width - 3] + "..."
+        row = [v["name"], "ok" if v["status"] == "ok" else v["status"].upper(),
+               f"{100 * q:.2f}" if q is not None else "-", delta,
+               human_size(v["size_bytes"]) if v.get("size_bytes") else "-"]
+        row += [_ms((lat.get(str(b)) or {}).get("median_ms")) for b in batches]
+        row += [_x((v.get("speedup") or {}).get(main_b)) if main_b else "-", note]
+        rows.append(row)
+    headers = ["variant", "status", _METRIC_LABELS.get(metric, metric), "delta pts", "size"]
+    headers += [f"ms @{b}" for b in batches] + [f"speedup @{main_b}", "note"]
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def compare_markdown(doc: dict[str, Any]) -> str:
+    """``report.md`` of an ``onnxq compare`` run: setup, one table and verdict per profile, plot."""
+    s = doc["settings"]
+    data = doc.get("data") or {}
+    lines = [
+        "# onnxq compare report",
+        "",
+        f"- model: `{doc['model']['path']}` ({human_size(doc['model'].get('size_bytes', 0))}, sha256 {doc['model'].get('sha256', '')[:12]})",
+        f"- evaluation: `{data.get('eval')}`, {data.get('eval_samples')} samples; metric: {data.get('metric_label', data.get('metric'))}",
+        f"- calibration: `{data.get('calib')}`",
+        f"- latency: batches {', '.join(map(str, s['batches']))}; {s['warmup']} warm-up + {s['runs']} timed runs per variant, "
+        f"interleaved; intra-op threads {s.get('threads_label', s.get('threads'))}",
+        f"- accuracy budget for the verdict: {s['budget_points']:g} points",
+        f"- {host_summary(doc['host'])}",
+        f"- written {doc['created']} by onnxq {doc['onnxq']}",
+        "",
+    ]
+    for prof in doc["profiles"]:
+        lines += [f"## Profile `{prof['profile']}`", ""]
+        lines += [f"**Verdict:** {prof['verdict']['text']}", ""]
+        for note in prof.get("notes", []):
+            lines.append(f"> {note}")
+        if prof.get("notes"):
+            lines.append("")
+        lines += [compare_table(prof, data.get("metric", ""), s["batches"], tablefmt="github", error_width=None), ""]
+        failed = [v for v in prof["variants"] if v["status"] != "ok"]
+        if failed:
+            lines += ["Failed variants:", ""]
+            lines += [f"- `{v['name']}` ({v.get('stage', '?')}): {v.get('error', '')}" for v in failed]
+            lines.append("")
+    if doc.get("plot"):
+        lines += ["## Accuracy vs latency", "", f"![accuracy vs latency (Pareto front joined)]({doc['plot']})", ""]
+    elif doc.get("plot_note"):
+        lines += ["## Accuracy vs latency", "", f"_{doc['plot_note']}_", ""]
+    return "\n".join(lines)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats (lower latency AND higher quality), by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def write_pareto_plot(series: dict[str, list[tuple[str, float, float]]], path: Any, *, xlabel: str, ylabel: str, title: str) -> None:
+    """Scatter (latency ms, quality) per series with its Pareto front; PNG written atomically.
+
+    Raises ImportError when matplotlib (the ``plot`` extra) is missing: callers note and skip.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .results import atomic_target
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    try:
+        for name, pts in series.items():
+            xs = [p[1] for p in pts]
+            ys = [p[2] for p in pts]
+            sc = ax.scatter(xs, ys, label=name, zorder=3)
+            for lab, x, y in pts:
+                ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            front = pareto_front([(x, y) for x, y in zip(xs, ys)])
+            if len(front) > 1:
+                ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color=sc.get_facecolor()[0], zorder=2)
+        from matplotlib.ticker import FuncFormatter
+
+        all_x = [p[1] for pts in series.values() for p in pts]
+        if all_x and min(all_x) > 0 and max(all_x) / min(all_x) > 10:
+            ax.set_xscale("log")
+        plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        with atomic_target(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
+def _machine(doc: dict[str, Any]) -> str:
+    h = doc.get("host") or {}
+    return str(h.get("hostname") or h.get("cpu_model") or "?")
+
+
+def cross_table(sources: list[tuple[str, dict[str, Any]]], tablefmt: str = "github") -> str:
+    """Variant rows x (machine/profile) columns of speedup and delta, over several compare results."""
+    cols: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    for _origin, doc in sources:
+        if doc["kind"] != "compare":
+            continue
+        for prof in doc["profiles"]:
+            name, k = f"{_machine(doc)}/{prof['profile']}", 2
+            while name in [c[0] for c in cols]:
+                name, k = f"{_machine(doc)}/{prof['profile']}#{k}", k + 1
+            cols.append((name, doc, prof))
+    if not cols:
+        return ""
+    names: list[str] = []
+    for _, _, prof in cols:
+        for v in prof["variants"]:
+            if v["name"] not in names:
+                names.append(v["name"])
+    rows = []
+    for name in names:
+        row = [name]
+        for _, doc, prof in cols:
+            v = next((x for x in prof["variants"] if x["name"] == name), None)
+            fp32 = next((x for x in prof["variants"] if x["name"] == "fp32"), None)
+            if v is None:
+                row.append("")
+                continue
+            if v["status"] != "ok":
+                row.append("failed")
+                continue
+            b = str(doc["settings"]["primary_batch"])
+            q, r = _num(v.get("quality")), _num(fp32.get("quality")) if fp32 else None
+            d = f"{round(100 * (q - r), 2) + 0.0:+.2f} pts" if q is not None and r is not None else "- pts"
+            spd = (v.get("speedup") or {}).get(b)
+            fb = (v.get("latency_providers") or {}).get("fallback")
+            row.append((f"{_x(spd)}, {d}" + (" FALLBACK" if fb else "")) if spd is not None else f"not timed, {d}")
+        rows.append(row)
+    headers = ["variant"] + [c[0] for c in cols]
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def cross_markdown(sources: list[tuple[str, dict[str, Any]]], *, plot: str | None = None, plot_note: str | None = None) -> str:
+    """One Markdown report over result files from several machines; nothing is re-run."""
+    lines = ["# onnxq cross-hardware report", "", "## Machines and result files", ""]
+    for origin, doc in sources:
+        lines.append(f"- `{origin}` ({doc['kind']}, {doc.get('created', '?')}, onnxq {doc.get('onnxq', '?')}): {host_summary(doc.get('host') or {})}")
+    lines.append("")
+    compares = [(o, d) for o, d in sources if d["kind"] == "compare"]
+    models = {d["model"].get("sha256") for _, d in compares}
+    if len(models) > 1:
+        lines += ["> WARNING: these compare results are for different models (sha256 "
+                  + ", ".join(sorted(str(m)[:12] for m in models)) + "); rows are not comparable across them.", ""]
+    metrics = {d["data"].get("metric") for _, d in compares}
+    if len(metrics) > 1:
+        lines += ["> WARNING: the compare results use different quality metrics (" + ", ".join(sorted(map(str, metrics))) + ").", ""]
+    if compares:
+        lines += ["## Speedup vs FP32 and quality delta, per machine and profile", "",
+                  "Each cell: speedup at the run's largest batch, quality delta vs that run's FP32 in points.", "",
+                  cross_table(sources), "", "## Verdicts", ""]
+        for origin, doc in compares:
+            for prof in doc["profiles"]:
+                lines.append(f"- **{_machine(doc)} / {prof['profile']}**: {prof['verdict']['text']}")
+        lines.append("")
+        for origin, doc in compares:
+            for prof in doc["profiles"]:
+                lines += [f"### {_machine(doc)} / {prof['profile']} (`{origin}`)", "",
+                          compare_table(prof, doc["data"].get("metric", ""), doc["settings"]["batches"], error_width=None), ""]
+    benches = [(o, d) for o, d in sources if d["kind"] == "bench"]
+    if benches:
+        lines += ["## Latency (onnxq bench)", ""]
+        rows = []
+        for origin, doc in benches:
+            for r in doc["rows"]:
+                lat = r["latency"]
+                rows.append([_machine(doc), doc["settings"].get("profile"), r["label"], r["batch"], _ms(lat["median_ms"]),
+                             _ms(lat["p90_ms"]), f"{_num(lat['throughput']):.1f}", _x(r.get("speedup")),
+                             ", ".join(p.replace("ExecutionProvider", "") for p in r["providers_active"]) + (" FALLBACK" if r.get("fallback") else "")])
+        lines += [tabulate(rows, headers=["machine", "profile", "model", "batch", "median ms", "p90 ms", "samples/s", "speedup", "providers"],
+                           tablefmt="github", disable_numparse=True), ""]
+    evals = [(o, d) for o, d in sources if d["kind"] == "eval"]
+    if evals:
+        lines += ["## Evaluations (onnxq eval)", ""]
+        rows = []
+        for origin, doc in evals:
+            h = doc.get("headline") or {}
+            rows.append([_machine(doc), doc["model"].get("path"), h.get("metric", "-"), _fmt(_num(h.get("value")), 5),
+                         ", ".join((doc.get("providers") or {}).get("active", []))])
+        lines += [tabulate(rows, headers=["machine", "model", "metric", "value", "providers"], tablefmt="github", disable_numparse=True), ""]
+    if plot:
+        lines += ["## Accuracy vs latency", "", f"![accuracy vs latency]({plot})", ""]
+    elif plot_note:
+        lines += ["## Accuracy vs latency", "", f"_{plot_note}_", ""]
+    return "\n".join(lines)

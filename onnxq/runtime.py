@@ -49,6 +49,11 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def ort_info() -> dict[str, Any]:
+    """onnxruntime's version, build providers and device, for result records."""
+    return {"version": ort.__version__, "build_providers": available_providers(), "device": ort.get_device()}
+
+
 def required_providers(profile: Profile) -> list[str]:
     """The providers the profile is about: all listed ones except a trailing CPU safety net."""
     provs = list(profile.runtime.providers)

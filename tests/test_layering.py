@@ -28,7 +28,7 @@ def test_only_export_and_qat_import_torch():
 
 
 def test_profiles_plan_report_check_import_neither_torch_nor_onnxruntime():
-    for name in ("profiles.py", "plan.py", "report.py", "errors.py", "check.py"):
+    for name in ("profiles.py", "plan.py", "report.py", "errors.py", "check.py", "results.py"):
         roots = imported_roots(PKG / name)
         assert not roots & {"torch", "onnxruntime"}, name
 

@@ -1,0 +1,83 @@
+"""onnxq compare MODEL --calib CALIB.npz --eval EVAL.npz [--task module:object] [--profile P ...] -o OUTDIR"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .bench import _ints
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def register(sub) -> None:
+    from ..cli import add_common
+
+    p = sub.add_parser(
+        "compare",
+        help="build every PTQ variant (and QAT with --task) per profile; accuracy, size, latency and a verdict",
+        description=(
+            "Build FP32, dynamic, static per-tensor/per-channel x minmax/entropy/percentile, fp16 (and QAT with --task) "
+            "for each profile, measure accuracy, fidelity, size and latency (interleaved, on the profile's providers), "
+            "and write OUTDIR/report.md, OUTDIR/report.json and OUTDIR/pareto.png with a verdict per profile. A failed "
+            "variant is reported with its error; the others carry on. Latency is never measured on a fallback "
+            "provider unless --allow-fallback (then marked)."
+        ),
+        epilog=(
+            "example: onnxq compare model.onnx --calib calib.npz --eval eval.npz --profile cpu-x86-vnni -o out/.  "
+            "Variants: fp32, dynamic, static-pt-minmax, static-pt-entropy, static-pt-percentile, static-pc-minmax, "
+            "static-pc-entropy, static-pc-percentile, fp16, qat"
+        ),
+    )
+    p.add_argument("model", nargs="?", help="FP32 .onnx model (optional with --task when the task exports one)")
+    p.add_argument("--calib", required=True, metavar="CALIB.npz", help="calibration data keyed by input name")
+    p.add_argument("--eval", required=True, dest="eval_data", metavar="EVAL.npz", help="evaluation inputs keyed by input name, plus labels")
+    p.add_argument("--labels", metavar="KEY", help="labels key in EVAL.npz (default: 'labels' if present)")
+    p.add_argument("--task", metavar="MODULE:OBJECT", help="QAT task spec: adds the qat variant (see onnxq qat)")
+    p.add_argument("--epochs", type=int, metavar="N", help="QAT epochs (default: the task's)")
+    p.add_argument("--profile", action="append", metavar="P", help="profile name or .toml; repeat for several (default: auto)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="directory for variants and reports")
+    p.add_argument("--variants", type=_csv, metavar="PATTERNS", help="comma-separated names or shell patterns, e.g. dynamic,static-pc-* (fp32 always)")
+    p.add_argument("--batch", type=_ints, default=[1, 32], metavar="B1,B2", help="latency batch sizes (default: 1,32; the largest drives the verdict)")
+    p.add_argument("--warmup", type=int, default=5, metavar="W", help="warm-up runs per variant and batch (default: 5)")
+    p.add_argument("--runs", type=int, default=30, metavar="R", help="timed runs per variant and batch (default: 30)")
+    p.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: the profile's)")
+    p.add_argument("--budget", type=float, default=0.5, metavar="PTS", help="accuracy points a variant may lose vs FP32 (default: 0.5)")
+    p.add_argument("--metric", choices=["top1", "top5", "agreement", "cosine"], help="quality metric (default: top1 with labels, else top-1 agreement, else cosine)")
+    p.add_argument("--allow-fallback", action="store_true", help="measure latency on available providers when the profile's are missing (marked FALLBACK)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..compare import compare
+    from ..report import compare_table
+    from ..results import dumps
+
+    quiet = args.quiet or args.json
+
+    def log(msg: str) -> None:
+        if not quiet:
+            print(f"onnxq: {msg}", file=sys.stderr)
+
+    doc = compare(
+        args.model, calib=args.calib, eval_data=args.eval_data, outdir=args.output, profiles=args.profile or ["auto"],
+        labels_key=args.labels, task=args.task, epochs=args.epochs, variants=args.variants, batches=args.batch,
+        warmup=args.warmup, runs=args.runs, threads=args.threads, budget=args.budget, metric=args.metric,
+        allow_fallback=args.allow_fallback, progress=not quiet, log=log,
+    )
+    if args.json:
+        sys.stdout.write(dumps(doc))
+        return 0
+    metric = doc["data"]["metric"]
+    for prof in doc["profiles"]:
+        print(f"\nprofile {prof['profile']}  ({doc['data']['metric_label']}, {doc['data']['eval_samples']} samples)")
+        for note in prof.get("notes", []):
+            print(f"  note: {note}")
+        print(compare_table(prof, metric, doc["settings"]["batches"], tablefmt="simple"))
+        print(f"verdict: {prof['verdict']['text']}")
+    print(f"\nwrote {doc['outputs']['report_md']}, {doc['outputs']['report_json']}"
+          + (f", {doc['outputs']['plot']}" if doc["outputs"]["plot"] else f" ({doc['plot_note']})"))
+    return 0

@@ -1,0 +1,82 @@
+"""onnxq report RESULT.json [RESULT.json ...] [-o REPORT.md] [--json]
+
+Imports neither onnxruntime, onnx, numpy nor torch: it only reads result files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    from ..cli import add_common
+
+    p = sub.add_parser(
+        "report",
+        help="merge result files from several machines into one cross-hardware report (re-runs nothing)",
+        description=(
+            "Read result JSON files written by onnxq compare (OUTDIR/report.json), bench -o or eval -o, possibly on "
+            "different machines, and print one cross-hardware table; -o writes a Markdown report (and a "
+            "REPORT.pareto.png beside it when matplotlib is installed). Needs neither onnxruntime nor torch."
+        ),
+        epilog="example: onnxq report cpu/report.json gpu/report.json -o cross.md",
+    )
+    p.add_argument("results", nargs="+", metavar="RESULT.json", help="onnxq result files (schema onnxq.results/1)")
+    p.add_argument("-o", "--output", metavar="REPORT.md", help="write the Markdown report here")
+    p.add_argument("--no-plot", action="store_true", help="do not write the accuracy-vs-latency plot beside -o")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def _plot_series(sources):
+    series = {}
+    for _origin, doc in sources:
+        if doc["kind"] != "compare":
+            continue
+        b = str(doc["settings"]["primary_batch"])
+        machine = (doc.get("host") or {}).get("hostname") or "?"
+        for prof in doc["profiles"]:
+            pts = []
+            for v in prof["variants"]:
+                med = ((v.get("latency") or {}).get(b) or {}).get("median_ms")
+                if v.get("status") == "ok" and isinstance(v.get("quality"), (int, float)) and isinstance(med, (int, float)) and med > 0:
+                    pts.append((v["name"], float(med), 100.0 * float(v["quality"])))
+            if pts:
+                series[f"{machine}/{prof['profile']}"] = pts
+    return series
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..report import cross_markdown, write_pareto_plot
+    from ..results import atomic_write, dumps, flatten_sources, load_results, new_document
+
+    loaded = [(str(p), load_results(p)) for p in args.results]  # every file checked before any output
+    sources = flatten_sources(loaded)
+    plot = plot_note = None
+    if args.output and not args.no_plot:
+        series = _plot_series(sources)
+        out = Path(args.output)
+        png = out.with_name((out.name[:-3] if out.name.endswith(".md") else out.name) + ".pareto.png")
+        if not series:
+            plot_note = "plot skipped: no compare result with measured latency"
+        else:
+            try:
+                write_pareto_plot(series, png, xlabel="median latency at each run's largest batch (ms)",
+                                  ylabel="quality metric (x100)", title="accuracy vs latency per machine and profile")
+                plot = png.name
+            except ImportError:
+                plot_note = "plot skipped: matplotlib is not installed (pip install 'onnxq[plot]')"
+    text = cross_markdown(sources, plot=plot, plot_note=plot_note)
+    if args.output:
+        atomic_write(args.output, text + "\n")
+    if args.json:
+        doc = new_document("report", host={}, sources=[{"file": o, "doc": d} for o, d in sources])
+        sys.stdout.write(dumps(doc))
+    elif not args.output:
+        print(text)
+    else:
+        print(f"wrote {args.output}" + (f" and {plot}" if plot else f" ({plot_note})" if plot_note else ""))
+    return 0

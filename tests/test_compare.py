@@ -1,0 +1,370 @@
+"""onnxq compare (verdict rules on synthetic results, variants, end to end on a tiny MLP) and onnxq eval."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import types
+
+import numpy as np
+import onnxruntime
+import pytest
+
+import tiny_models as tm
+from onnxq.cli import main
+from onnxq.compare import VARIANTS, compare, plan_variants, verdict
+from onnxq.errors import InputError
+from onnxq.evaluate import accuracy
+from onnxq.profiles import load_profile
+from onnxq.results import load_results
+
+FAST = ["--batch", "1,8", "--warmup", "1", "--runs", "3", "--threads", "1", "-q"]
+
+
+# -- verdict rules on synthetic result dicts --------------------------------------------------
+
+
+def _v(name, kind, quality, speed=None, med=None, status="ok", label=None, size=1000, error=None):
+    d = {"name": name, "kind": kind, "label": label or name, "status": status, "quality": quality, "size_bytes": size}
+    if speed is not None:
+        d["speedup"] = {"32": speed}
+        d["latency"] = {"32": {"median_ms": med if med is not None else 10.0 / speed}}
+    if error:
+        d["error"] = error
+    return d
+
+
+def _prof(*variants, note=None):
+    return {"primary_batch": 32, "variants": list(variants), "latency_note": note}
+
+
+def test_verdict_ptq_within_budget_says_qat_not_needed():
+    p = _prof(
+        _v("fp32", "fp32", 0.900, 1.0),
+        _v("dynamic", "ptq", 0.880, 1.3),
+        _v("static-pc-percentile", "ptq", 0.898, 2.4, label="static per-channel (percentile)"),
+    )
+    v = verdict(p, budget=0.5)
+    assert v["sentences"][0] == "PTQ static per-channel (percentile) is within 0.2 points of FP32 at 2.4x speed: QAT not needed."
+    assert v["recommended"] == "static-pc-percentile"
+    assert "Fastest within 0.5 points: static per-channel (percentile), 2.4x FP32 at batch 32" in v["text"]
+
+
+def test_verdict_qat_recovers_points_at_same_latency():
+    p = _prof(
+        _v("fp32", "fp32", 0.900, 1.0, med=10.0),
+        _v("static-pc-minmax", "ptq", 0.862, 2.5, med=4.0, label="static per-channel (minmax)"),
+        _v("qat", "qat", 0.893, 2.44, med=4.1, label="QAT"),
+    )
+    v = verdict(p, budget=0.5)
+    assert v["sentences"][0] == "QAT recovers 3.1 of 3.8 points lost by PTQ at the same latency; it is still 0.7 points below FP32."
+    assert v["facts"]["qat_recovered_points"] == pytest.approx(3.1)
+    assert "no variant within 0.5 points" in v["text"].lower() and v["recommended"] == "fp32"
+    v2 = verdict(p, budget=1.0)
+    assert v2["sentences"][0].endswith(": use QAT.") and v2["recommended"] == "qat"
+
+
+def test_verdict_qat_latency_ratio_and_no_help():
+    p = _prof(_v("fp32", "fp32", 0.9, 1.0, med=10.0), _v("s", "ptq", 0.85, 2.0, med=5.0), _v("qat", "qat", 0.88, 1.0, med=10.0))
+    assert "at 2.00x the latency of PTQ" in verdict(p)["sentences"][0]
+    p = _prof(_v("fp32", "fp32", 0.9, 1.0), _v("s", "ptq", 0.85, 2.0), _v("qat", "qat", 0.84, 2.0))
+    assert verdict(p)["sentences"][0] == "QAT does not help: it is 6.0 points below FP32, PTQ s 5.0 points."
+
+
+def test_verdict_without_qat_suggests_it():
+    p = _prof(_v("fp32", "fp32", 0.9, 1.0), _v("static-pt-minmax", "ptq", 0.86, 2.0, label="static per-tensor (minmax)"))
+    v = verdict(p, budget=0.5)
+    assert v["sentences"][0].startswith("The best PTQ variant (static per-tensor (minmax)) loses 4.0 points")
+    assert "try QAT" in v["sentences"][0]
+
+
+def test_verdict_names_slow_and_failed_variants():
+    p = _prof(
+        _v("fp32", "fp32", 0.9, 1.0),
+        _v("dynamic", "ptq", 0.9, 0.3),
+        _v("static-pc-entropy", "ptq", None, status="failed", error="InputError: boom"),
+    )
+    v = verdict(p, budget=0.5)
+    assert "Slower than FP32: dynamic (0.30x)." in v["text"]
+    assert "Failed: static-pc-entropy (InputError: boom)." in v["text"]
+    assert "keep FP32" in v["text"] and v["recommended"] == "fp32"
+
+
+def test_verdict_without_latency_uses_accuracy_and_size():
+    p = _prof(
+        _v("fp32", "fp32", 0.9, size=4000), _v("dynamic", "ptq", 0.899, size=1200), _v("static-pc-minmax", "ptq", 0.9, size=1100),
+        note="not measured: provider CUDAExecutionProvider missing",
+    )
+    v = verdict(p)
+    assert v["recommended"] == "static-pc-minmax"
+    assert "Latency not measured: provider CUDAExecutionProvider missing" in v["text"]
+    assert "at " not in v["sentences"][0].split("FP32")[1]  # no speed claimed
+
+
+def test_verdict_fp32_failed():
+    v = verdict(_prof(_v("fp32", "fp32", None, status="failed", error="bad"), _v("d", "ptq", 0.9, 1.0)))
+    assert v["recommended"] is None and v["text"].startswith("No verdict")
+
+
+def test_verdict_beats_fp32_wording():
+    p = _prof(_v("fp32", "fp32", 0.90, 1.0), _v("s", "ptq", 0.91, 2.0))
+    assert verdict(p)["sentences"][0] == "PTQ s is 1.0 points above FP32 at 2.0x speed: QAT not needed."
+
+
+# -- variants --------------------------------------------------------------------------------
+
+
+def test_variant_registry_and_profile_modes():
+    names = [v.name for v in VARIANTS]
+    assert names[0] == "fp32" and "static-pc-percentile" in names and names[-1] == "qat" and len(names) == 10
+    cpu = [v.name for v in plan_variants(load_profile("cpu-x86-vnni"))]
+    assert cpu == names[:-1]
+    trt = [v.name for v in plan_variants(load_profile("tensorrt"), with_qat=True)]
+    assert "dynamic" not in trt and "fp16" in trt and "qat" in trt
+    sel = [v.name for v in plan_variants(load_profile("cpu-x86-vnni"), ["static-pc-*", "fp16"])]
+    assert sel == ["fp32", "static-pc-minmax", "static-pc-entropy", "static-pc-percentile", "fp16"]
+    with pytest.raises(InputError, match="matches no variant"):
+        plan_variants(load_profile("cpu-x86-vnni"), ["static-xx"])
+    with pytest.raises(InputError, match="--task"):
+        plan_variants(load_profile("cpu-x86-vnni"), ["qat"])
+    assert next(v for v in VARIANTS if v.name == "static-pt-entropy").label == "static per-tensor (entropy)"
+
+
+# -- end to end on a tiny MLP ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlp_case(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cmp")
+    model = d / "mlp.onnx"
+    tm.mlp(model)
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (48, 64)).astype(np.float32)
+    logits = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    labels = np.argmax(logits, 1)
+    labels[:6] = (labels[:6] + 1) % 10  # FP32 accuracy 42/48
+    np.savez(d / "eval.npz", x=x, labels=labels)
+    np.savez(d / "calib.npz", x=rng.normal(0, 1, (40, 64)).astype(np.float32))
+    return d, model
+
+
+def _run(case, tmp_path, *extra):
+    d, model = case
+    out = tmp_path / "out"
+    rc = main(["compare", str(model), "--calib", str(d / "calib.npz"), "--eval", str(d / "eval.npz"), "-o", str(out), *FAST, *extra])
+    return rc, out
+
+
+def test_compare_end_to_end(mlp_case, tmp_path, capsys):
+    rc, out = _run(mlp_case, tmp_path, "--profile", "cpu-x86-vnni", "--variants", "dynamic,static-pc-minmax,fp16")
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "verdict:" in printed and "static-pc-minmax" in printed
+    doc = load_results(out / "report.json")
+    assert doc["kind"] == "compare" and doc["data"]["metric"] == "top1" and doc["data"]["eval_samples"] == 48
+    (prof,) = doc["profiles"]
+    by = {v["name"]: v for v in prof["variants"]}
+    assert list(by) == ["fp32", "dynamic", "static-pc-minmax", "fp16"]
+    assert by["fp32"]["quality"] == pytest.approx(42 / 48)
+    assert by["fp32"]["metrics"]["accuracy"]["top1"] == pytest.approx(42 / 48)
+    for v in by.values():
+        assert v["status"] == "ok", v.get("error")
+        assert set(v["latency"]) == {"1", "8"} and v["latency"]["8"]["runs"] == 3
+        assert isinstance(v["latency"]["1"]["median_ms"], float)
+        assert v["metrics"]["fidelity"]["y"]["cosine"] > 0.99
+        assert v["size_bytes"] > 0 and v["latency_providers"]["active"] == ["CPUExecutionProvider"]
+    assert by["fp32"]["speedup"]["8"] == 1.0
+    assert by["static-pc-minmax"]["size_bytes"] < by["fp32"]["size_bytes"]
+    assert (out / "cpu-x86-vnni" / "static-pc-minmax.onnx").is_file()
+    # the independent check: accuracy of the written int8 model equals the reported one
+    data = np.load(mlp_case[0] / "eval.npz")
+    s = onnxruntime.InferenceSession(str(out / "cpu-x86-vnni" / "static-pc-minmax.onnx"), providers=["CPUExecutionProvider"])
+    acc = accuracy(s.run(None, {"x": data["x"]})[0], data["labels"])
+    assert by["static-pc-minmax"]["quality"] == pytest.approx(acc)
+    assert prof["verdict"]["text"] and prof["verdict"]["recommended"] in by
+    md = (out / "report.md").read_text()
+    assert "## Profile `cpu-x86-vnni`" in md and "**Verdict:**" in md and "| static-pc-minmax" in md
+    if doc["plot"]:
+        assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG" and "![accuracy vs latency" in md
+    else:
+        assert "plot skipped" in md
+    assert not [p for p in out.rglob("*.tmp")], "no temp files left"
+
+
+def test_failing_variant_does_not_stop_the_others(mlp_case, tmp_path, monkeypatch):
+    import onnxq.ptq
+
+    real = onnxq.ptq.quantize
+
+    def flaky(model, **kw):
+        if kw.get("method") == "entropy":
+            raise RuntimeError("simulated quantizer crash")
+        return real(model, **kw)
+
+    monkeypatch.setattr(onnxq.ptq, "quantize", flaky)
+    d, model = mlp_case
+    doc = compare(model, calib=d / "calib.npz", eval_data=d / "eval.npz", outdir=tmp_path / "o", profiles=["cpu-x86-vnni"],
+                  variants=["static-pc-minmax", "static-pc-entropy"], batches=[2], warmup=0, runs=2, threads=1)
+    by = {v["name"]: v for v in doc["profiles"][0]["variants"]}
+    assert by["static-pc-entropy"]["status"] == "failed" and by["static-pc-entropy"]["stage"] == "build"
+    assert by["static-pc-entropy"]["error"] == "RuntimeError: simulated quantizer crash"
+    assert by["static-pc-minmax"]["status"] == "ok" and "2" in by["static-pc-minmax"]["latency"]
+    assert "Failed: static-pc-entropy" in doc["profiles"][0]["verdict"]["text"]
+    assert "FAILED" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_qat_absent_is_a_failed_variant(mlp_case, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxq.qat", None)  # import fails as if the module did not exist
+    rc, out = _run(mlp_case, tmp_path, "--profile", "cpu-x86-vnni", "--variants", "static-pc-minmax", "--task", "pkg:task")
+    assert rc == 0
+    by = {v["name"]: v for v in load_results(out / "report.json")["profiles"][0]["variants"]}
+    assert by["qat"]["status"] == "failed" and by["qat"]["error"].startswith("QAT variant failed: onnxq.qat is not available")
+    assert by["static-pc-minmax"]["status"] == "ok"
+
+
+def test_qat_contract_with_a_fake_task(mlp_case, tmp_path, monkeypatch):
+    calls = []
+    d, model = mlp_case
+
+    def run_task(spec, profile, out_path, calibration=None, epochs=None):
+        calls.append((spec, profile.name, out_path, calibration, epochs))
+        shutil.copy(model, out_path)  # stands in for a QDQ export: same accuracy as FP32
+        return {"model_path": out_path, "fp32_model_path": str(model), "epochs": 2}
+
+    fake = types.ModuleType("onnxq.qat")
+    fake.run_task = run_task
+    monkeypatch.setitem(sys.modules, "onnxq.qat", fake)
+    doc = compare(None, calib=d / "calib.npz", eval_data=d / "eval.npz", outdir=tmp_path / "o", profiles=["cpu-x86-vnni"],
+                  variants=["static-pt-minmax"], batches=[2], warmup=0, runs=2, threads=1, task="pkg:task", epochs=2)
+    assert calls == [("pkg:task", "cpu-x86-vnni", str(tmp_path / "o" / "cpu-x86-vnni" / "qat.onnx"), str(d / "calib.npz"), 2)]
+    assert doc["model"]["path"] == str(model)  # FP32 taken from the task when MODEL is omitted
+    by = {v["name"]: v for v in doc["profiles"][0]["variants"]}
+    assert by["qat"]["status"] == "ok" and by["qat"]["quality"] == pytest.approx(by["fp32"]["quality"])
+    assert by["qat"]["qat"]["epochs"] == 2
+
+
+def test_missing_provider_profile_latency_not_measured(mlp_case, tmp_path):
+    rc, out = _run(mlp_case, tmp_path, "--profile", "cpu-x86-vnni", "--profile", "cuda", "--variants", "static-pc-minmax")
+    assert rc == 0
+    doc = load_results(out / "report.json")
+    cpu, cuda = doc["profiles"]
+    assert cpu["latency_note"] is None and all("latency" in v for v in cpu["variants"])
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert cuda["latency_note"].startswith("not measured: provider CUDAExecutionProvider missing")
+        assert all("latency" not in v and v["eval_providers"]["fallback"] for v in cuda["variants"])
+        assert "Latency not measured" in cuda["verdict"]["text"]
+
+
+def test_allow_fallback_measures_and_marks(mlp_case, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    d, model = mlp_case
+    doc = compare(model, calib=d / "calib.npz", eval_data=d / "eval.npz", outdir=tmp_path / "o", profiles=["cuda"],
+                  variants=["static-pc-minmax"], batches=[2], warmup=0, runs=2, threads=1, allow_fallback=True)
+    (prof,) = doc["profiles"]
+    assert prof["providers_missing"] == ["CUDAExecutionProvider"] and prof["latency_note"] is None
+    for v in prof["variants"]:
+        assert v["latency_providers"]["fallback"] and v["eval_providers"]["fallback"] and "2" in v["latency"]
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert md.count("FALLBACK") >= 3
+
+
+# -- bad input: exit 2 and nothing written ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["wrong_keys", "wrong_shape", "labels_range", "labels_count", "no_provider", "bad_metric", "missing_calib_key",
+     "no_model", "bad_variant", "negative_threads"],
+)
+def test_compare_bad_input_exit_2_nothing_written(mlp_case, tmp_path, case, monkeypatch):
+    d, model = mlp_case
+    x = np.load(d / "eval.npz")["x"]
+    labels = np.load(d / "eval.npz")["labels"]
+    ev, cal = d / "eval.npz", d / "calib.npz"
+    prof = ["--profile", "cpu-x86-vnni"]
+    extra: list[str] = []
+    if case == "wrong_keys":
+        ev = tmp_path / "e.npz"
+        np.savez(ev, input=x, labels=labels)
+    elif case == "wrong_shape":
+        ev = tmp_path / "e.npz"
+        np.savez(ev, x=x[:, :32], labels=labels)
+    elif case == "labels_range":
+        ev = tmp_path / "e.npz"
+        np.savez(ev, x=x, labels=labels + 10)
+    elif case == "labels_count":
+        ev = tmp_path / "e.npz"
+        np.savez(ev, x=x, labels=labels[:5])
+    elif case == "no_provider":
+        prof = ["--profile", "cuda"]
+        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    elif case == "bad_metric":
+        ev = tmp_path / "e.npz"
+        np.savez(ev, x=x)
+        extra = ["--metric", "top1"]
+    elif case == "missing_calib_key":
+        cal = tmp_path / "c.npz"
+        np.savez(cal, input=x)
+    elif case == "bad_variant":
+        extra = ["--variants", "static-pc-nope"]
+    elif case == "negative_threads":
+        extra = ["--threads", "-1"]
+    out = tmp_path / "out"
+    margs = [] if case == "no_model" else [str(model)]
+    rc = main(["compare", *margs, "--calib", str(cal), "--eval", str(ev), "-o", str(out), *prof, *FAST, *extra])
+    assert rc == 2
+    assert not out.exists()
+
+
+# -- onnxq eval -----------------------------------------------------------------------------------
+
+
+def test_eval_accuracy_and_fidelity(mlp_case, tmp_path, capsys):
+    d, model = mlp_case
+    q = tmp_path / "q.onnx"
+    import onnxq
+
+    onnxq.quantize(model, mode="dynamic", profile="cpu-x86-vnni", calibration=d / "calib.npz", output=q, progress=False)
+    out = tmp_path / "ev.json"
+    assert main(["eval", str(q), "--data", str(d / "eval.npz"), "--ref", str(model), "--profile", "cpu-x86-vnni",
+                 "--json", "-q", "-o", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    data = np.load(d / "eval.npz")
+    s = onnxruntime.InferenceSession(str(q), providers=["CPUExecutionProvider"])
+    logits = s.run(None, {"x": data["x"]})[0]
+    assert doc["metrics"]["accuracy"]["top1"] == pytest.approx(accuracy(logits, data["labels"]))
+    assert doc["metrics"]["accuracy"]["top5"] == pytest.approx(accuracy(logits, data["labels"], 5))
+    f = doc["metrics"]["fidelity"]["y"]
+    assert 0.99 < f["cosine"] <= 1.0 and f["mse"] >= 0 and 0 <= f["top1_agreement"] <= 1
+    assert doc["headline"] == {"metric": "top1", "value": doc["metrics"]["accuracy"]["top1"]}
+    assert load_results(out)["kind"] == "eval"
+    assert main(["eval", str(q), "--data", str(d / "eval.npz"), "--ref", str(model), "--metric", "mse", "--profile", "cpu-x86-vnni", "-q"]) == 0
+    assert "--metric mse" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["wrong_keys", "labels_range", "top1_without_labels", "nothing", "ref_inputs_differ", "float_labels"])
+def test_eval_bad_input_exit_2(mlp_case, tmp_path, case):
+    d, model = mlp_case
+    x = np.load(d / "eval.npz")["x"]
+    labels = np.load(d / "eval.npz")["labels"]
+    ev = tmp_path / "e.npz"
+    args = []
+    if case == "wrong_keys":
+        np.savez(ev, x=x, label=labels)  # misspelt labels key: an error, not a silent fidelity-only run
+    elif case == "labels_range":
+        np.savez(ev, x=x, labels=-labels - 1)
+    elif case == "top1_without_labels":
+        np.savez(ev, x=x)
+        args = ["--metric", "top1", "--ref", str(model)]
+    elif case == "nothing":
+        np.savez(ev, x=x)
+    elif case == "ref_inputs_differ":
+        np.savez(ev, x=x, labels=labels)
+        tm.cnn(tmp_path / "c.onnx")
+        args = ["--ref", str(tmp_path / "c.onnx")]
+    elif case == "float_labels":
+        np.savez(ev, x=x, labels=labels + 0.5)
+    out = tmp_path / "r.json"
+    assert main(["eval", str(model), "--data", str(ev), "--profile", "cpu-x86-vnni", "-q", "-o", str(out), *args]) == 2
+    assert not out.exists()

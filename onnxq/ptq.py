@@ -146,7 +146,8 @@ def _preprocess(model: onnx.ModelProto, tmp: Path) -> tuple[onnx.ModelProto, str
     errors = []
     for label, kw in attempts:
         try:
-            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # chdir: symbolic shape inference writes temp files (~model size) into the working directory
+            with contextlib.chdir(tmp), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 level = quiet.level
                 quiet.setLevel(logging.ERROR)
@@ -201,6 +202,12 @@ def quantize_with_ranges(
     }
     cache = tmp / "ranges.json"
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+    model_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), plan.opset)
+    if plan.opset > model_opset:
+        # int4 weights need opset 21 for standard QDQ; below it onnxruntime writes com.microsoft Q/DQ ops
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, plan.opset)
     src = tmp / "to_quantize.onnx"
     onnx.save_model(model, str(src))
     kwargs = ort_arguments(plan, op_types, nodes_to_exclude)

@@ -138,7 +138,7 @@ class CalibrationSet:
                 )
             rows = None
             for spec in specs:
-                arr = _check_array(chunk[spec.name], spec, origin, notes)
+                arr = check_input_array(chunk[spec.name], spec, origin, notes)
                 if rows is None:
                     rows = len(arr)
                 elif len(arr) != rows:
@@ -240,25 +240,27 @@ def _read_file(path: Path, specs: list[InputSpec]) -> Iterator[dict[str, Any]]:
         raise InputError(f"cannot read calibration file {path}: {e}") from e
 
 
-def _check_array(value: Any, spec: InputSpec, origin: str, notes: list[str]) -> np.ndarray:
+def check_input_array(value: Any, spec: InputSpec, origin: str, notes: list[str], *, role: str = "calibration",
+                      single_sample_ok: bool = True) -> np.ndarray:
+    """Check one input's samples against the model (rank, fixed dims, dtype, NaN); cast when lossless."""
     try:
         arr = np.asarray(value)
     except Exception as e:
-        raise InputError(f"calibration input {spec.name!r} from {origin} is not an array: {e}") from e
+        raise InputError(f"{role} input {spec.name!r} from {origin} is not an array: {e}") from e
     rank = len(spec.shape)
-    if arr.ndim == rank - 1:
+    if single_sample_ok and arr.ndim == rank - 1:
         arr = arr[None]  # a single sample without its batch axis
     if arr.ndim != rank:
         raise InputError(
-            f"calibration input {spec.name!r} from {origin} has shape {arr.shape} (rank {arr.ndim}); the model expects "
-            f"rank {rank} ({_fmt_shape(spec.shape)}), or rank {rank - 1} for a single sample"
+            f"{role} input {spec.name!r} from {origin} has shape {arr.shape} (rank {arr.ndim}); the model expects "
+            f"rank {rank} ({_fmt_shape(spec.shape)})" + (f", or rank {rank - 1} for a single sample" if single_sample_ok else " with samples on the first axis")
         )
     for axis, (want, got) in enumerate(zip(spec.shape, arr.shape)):
         if axis == 0:
             continue
         if isinstance(want, int) and want != got:
             raise InputError(
-                f"calibration input {spec.name!r} from {origin} has shape {arr.shape}; dimension {axis} must be {want} "
+                f"{role} input {spec.name!r} from {origin} has shape {arr.shape}; dimension {axis} must be {want} "
                 f"(model input shape {_fmt_shape(spec.shape)})"
             )
     if arr.dtype != spec.dtype:
@@ -267,14 +269,14 @@ def _check_array(value: Any, spec: InputSpec, origin: str, notes: list[str]) -> 
             arr = arr.astype(spec.dtype)
         else:
             raise InputError(
-                f"calibration input {spec.name!r} from {origin} has dtype {arr.dtype}; the model expects "
+                f"{role} input {spec.name!r} from {origin} has dtype {arr.dtype}; the model expects "
                 f"{np.dtype(spec.dtype).name}: convert it with .astype(np.{np.dtype(spec.dtype).name})"
             )
     if np.issubdtype(arr.dtype, np.floating):
         bad = np.isnan(arr)
         if bad.any():
             raise InputError(
-                f"calibration input {spec.name!r} from {origin} contains {int(bad.sum())} NaN value(s) "
+                f"{role} input {spec.name!r} from {origin} contains {int(bad.sum())} NaN value(s) "
                 f"(first at index {tuple(int(i) for i in np.argwhere(bad)[0])}); clean or drop those samples"
             )
         if np.isinf(arr).any():

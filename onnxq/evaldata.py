@@ -20,14 +20,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .calibration import InputSpec
+from .calibration import InputSpec, check_input_array
 from .errors import InputError
 from .evaluate import accuracy, fidelity, is_classifier_output
 
 __all__ = ["EvalData", "load_eval_data", "run_model", "eval_metrics", "check_labels", "DEFAULT_LABELS"]
 
 DEFAULT_LABELS = "labels"
-_SAFE = {(np.float64, np.float32), (np.int32, np.int64), (np.int64, np.int32)}
 
 
 def _fmt(shape: Sequence[Any]) -> str:
@@ -100,7 +99,7 @@ def load_eval_data(
     inputs: dict[str, np.ndarray] = {}
     rows = None
     for s in specs:
-        arr = _check_input(arrays[s.name], s, path, notes)
+        arr = check_input_array(arrays[s.name], s, str(path), notes, role="evaluation", single_sample_ok=False)
         if rows is None:
             rows = len(arr)
         elif len(arr) != rows:
@@ -112,35 +111,6 @@ def load_eval_data(
     if key is not None:
         labels = _check_labels_array(arrays[key], key, rows, path, notes)
     return EvalData(inputs, labels, key, str(path), sorted(set(notes)))
-
-
-def _check_input(value: np.ndarray, spec: InputSpec, path: Path, notes: list[str]) -> np.ndarray:
-    arr = np.asarray(value)
-    rank = len(spec.shape)
-    if arr.ndim != rank:
-        raise InputError(
-            f"evaluation input {spec.name!r} in {path} has shape {arr.shape}; the model expects rank {rank} "
-            f"{_fmt(spec.shape)} with samples on the first axis"
-        )
-    for axis in range(1, rank):
-        want = spec.shape[axis]
-        if isinstance(want, int) and arr.shape[axis] != want:
-            raise InputError(
-                f"evaluation input {spec.name!r} in {path} has shape {arr.shape}; dimension {axis} must be {want} "
-                f"(model input shape {_fmt(spec.shape)})"
-            )
-    if arr.dtype != spec.dtype:
-        if (arr.dtype.type, spec.dtype) in _SAFE:
-            notes.append(f"{spec.name}: cast {arr.dtype} -> {np.dtype(spec.dtype).name}")
-            arr = arr.astype(spec.dtype)
-        else:
-            raise InputError(
-                f"evaluation input {spec.name!r} in {path} has dtype {arr.dtype}; the model expects "
-                f"{np.dtype(spec.dtype).name}: convert it with .astype(np.{np.dtype(spec.dtype).name})"
-            )
-    if np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
-        raise InputError(f"evaluation input {spec.name!r} in {path} contains {int(np.isnan(arr).sum())} NaN value(s); clean or drop those samples")
-    return np.ascontiguousarray(arr)
 
 
 def _check_labels_array(value: np.ndarray, key: str, rows: int, path: Path, notes: list[str]) -> np.ndarray:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import onnx
 
+from ._fs import atomic_path
 from .errors import InputError
 
 __all__ = ["load_model", "save_model", "atomic_path", "write_json", "file_sha256", "default_output"]
@@ -50,31 +49,8 @@ def load_model(path: str | os.PathLike, *, load_external: bool = True) -> onnx.M
     return model
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def needs_external_data(model: onnx.ModelProto) -> bool:
     return model.ByteSize() >= PROTOBUF_LIMIT - 64 * 2**20
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path in the destination folder; rename it onto ``final`` only on success."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix + ".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp_path, final)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:

@@ -23,15 +23,14 @@ Schema ``onnxq.results/1`` (every document):
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from ._fs import atomic_path
 from .errors import InputError
 
 __all__ = [
@@ -109,27 +108,7 @@ def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(to_jsonable(doc), indent=2, allow_nan=False) + "\n"
 
 
-@contextlib.contextmanager
-def atomic_target(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path beside ``final``; it is renamed onto ``final`` only if the block succeeds."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix + ".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp_path, final)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+atomic_target = atomic_path  # the one atomic-write helper, under the name results callers use
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:

@@ -64,9 +64,13 @@ def _zp_type(model_inits: dict[str, onnx.TensorProto], node: onnx.NodeProto) -> 
     return _NP_NAME.get(arr.dtype, str(arr.dtype)), arr
 
 
-def check_model(model: onnx.ModelProto, profile: Profile) -> list[Violation]:
-    """Every violation of the profile's QDQ constraints, one per offending node and rule."""
+def check_model(model: onnx.ModelProto, profile: Profile, *, weight_type: str | None = None) -> list[Violation]:
+    """Every violation of the profile's QDQ constraints, one per offending node and rule.
+
+    ``weight_type`` overrides the profile's (a model quantized with ``--weight-type int4``).
+    """
     q = profile.quant
+    weight_qtype = weight_type or q.weight_type
     opts = q.extra_options
     inits = {t.name: t for t in model.graph.initializer}
     # Constant nodes can carry zero points too (exporters write them so)
@@ -88,20 +92,25 @@ def check_model(model: onnx.ModelProto, profile: Profile) -> list[Violation]:
             out.append(Violation("qdq-format", n.name or n.op_type, f"{n.op_type} is a QOperator/dynamic node; profile {profile.name} expects QDQ"))
 
     def is_weight_dq(dq: onnx.NodeProto) -> bool:
+        """A constant feeding the weight slot of Conv/Gemm/MatMul (other constants quantize as activations)."""
         src = dq.input[0]
-        if src in inits:
-            return True
         prod = producers.get(src)
-        return prod is not None and prod.op_type == "QuantizeLinear" and prod.input[0] in inits
+        constant = src in inits or (prod is not None and prod.op_type == "QuantizeLinear" and prod.input[0] in inits)
+        if not constant:
+            return False
+        return any(
+            u.op_type in WEIGHT_INPUT and dq.output[0] in u.input and list(u.input).index(dq.output[0]) == WEIGHT_INPUT[u.op_type][0]
+            for u in consumers.get(dq.output[0], [])
+        )
 
     sym_zero = {"int8": 0, "uint8": 128, "int4": 0, "uint4": 8, "int16": 0, "uint16": 32768}
     for dq in dqs:
         name = dq.name or dq.output[0]
         zp_type, zp = _zp_type(inits, dq)
         weight = is_weight_dq(dq)
-        if weight and zp_type == "int32":
+        if zp_type == "int32":
             continue  # a bias: onnxruntime always stores it as int32 with scale = s_input * s_weight
-        want = q.weight_type if weight else q.activation_type
+        want = weight_qtype if weight else q.activation_type
         paired = not weight and dq.input[0] in producers and producers[dq.input[0]].op_type == "QuantizeLinear"
         if paired:
             zp_type = None  # its QuantizeLinear partner is checked below

@@ -35,7 +35,10 @@ from .modelio import needs_external_data, toposort, atomic_path, default_output,
 from .plan import QuantPlan, make_plan, resolve_op_types
 from .profiles import Profile, load_profile
 
-__all__ = ["quantize", "QuantResult", "ort_arguments", "quantize_with_ranges"]
+__all__ = [
+    "quantize", "QuantResult", "ort_arguments", "quantize_with_ranges", "preprocess", "ensure_node_names",
+    "float_tensor_exclusions", "calibration_op_types", "resolve_profile", "HOLDOUT",
+]
 
 log = logging.getLogger("onnxq")
 HOLDOUT = 32
@@ -134,7 +137,7 @@ def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(Counter(n.op_type for n in model.graph.node))
 
 
-def _preprocess(model: onnx.ModelProto, tmp: Path) -> tuple[onnx.ModelProto, str]:
+def preprocess(model: onnx.ModelProto, tmp: Path) -> tuple[onnx.ModelProto, str]:
     """Shape inference + graph optimisation; symbolic shape inference falls back gracefully."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -162,7 +165,7 @@ def _preprocess(model: onnx.ModelProto, tmp: Path) -> tuple[onnx.ModelProto, str
     return inferred, "onnx shape inference only (" + "; ".join(errors) + ")"
 
 
-def _exclusions_for_float_tensors(model: onnx.ModelProto, float_tensors: dict[str, str]) -> list[str]:
+def float_tensor_exclusions(model: onnx.ModelProto, float_tensors: dict[str, str]) -> list[str]:
     names = []
     for i, node in enumerate(model.graph.node):
         if any(t in float_tensors for t in list(node.input) + list(node.output)):
@@ -172,7 +175,7 @@ def _exclusions_for_float_tensors(model: onnx.ModelProto, float_tensors: dict[st
     return names
 
 
-def _ensure_node_names(model: onnx.ModelProto) -> None:
+def ensure_node_names(model: onnx.ModelProto) -> None:
     used = {n.name for n in model.graph.node if n.name}
     for i, node in enumerate(model.graph.node):
         if not node.name:
@@ -337,16 +340,16 @@ def quantize(
         with atomic_path(out) as tmp_out:
             if plan.mode == "static":
                 calib_part, holdout = calib.split(HOLDOUT)
-                pre, preprocess_label = _preprocess(model, tmp)
-                _ensure_node_names(pre)
+                pre, preprocess_label = preprocess(model, tmp)
+                ensure_node_names(pre)
                 report: RangeReport = collect_ranges(
                     pre, calib_part, method=plan.method, percentile=plan.percentile,
-                    op_types=_calibration_op_types(plan, resolved_ops), num_bins=plan.num_bins, progress=progress,
+                    op_types=calibration_op_types(plan, resolved_ops), num_bins=plan.num_bins, progress=progress,
                 )
                 if ranges_override:
                     report.ranges.update({k: v for k, v in ranges_override.items() if k in report.ranges})
                 float_tensors = report.float_tensors
-                excl = _exclusions_for_float_tensors(pre, float_tensors)
+                excl = float_tensor_exclusions(pre, float_tensors)
                 if float_tensors:
                     warns.append(
                         f"kept {len(excl)} node(s) in float around {len(float_tensors)} tensor(s) with non-finite or huge "
@@ -436,7 +439,7 @@ def quantize(
     return result
 
 
-def _calibration_op_types(plan: QuantPlan, resolved: tuple[str, ...]) -> tuple[str, ...]:
+def calibration_op_types(plan: QuantPlan, resolved: tuple[str, ...]) -> tuple[str, ...]:
     if resolved:
         return resolved
     if plan.exclude_op_types:

@@ -151,3 +151,37 @@ def test_profiles_command(capsys):
     code, out, _ = run_cli(capsys, "profiles", "show", "tensorrt", "--json")
     assert json.loads(out)["quant"]["activation_symmetric"] is True
     assert run_cli(capsys, "profiles", "show", "nope")[0] == 2
+
+
+def test_check_reads_weight_type_from_manifest_for_int4(cnn_model, capsys):
+    model, calib = cnn_model
+    out = model.with_name("int4.onnx")
+    assert run_cli(capsys, "quantize", model, "--calib", calib, "--profile", "cpu-x86-vnni", "--weight-type", "int4", "-o", out, "-q")[0] == 0
+    assert run_cli(capsys, "check", out, "--profile", "cpu-x86-vnni")[0] == 0  # manifest says int4
+    out.with_name("int4.onnxq.json").unlink()
+    code, text, _ = run_cli(capsys, "check", out, "--profile", "cpu-x86-vnni", "--json")
+    assert code == 1 and {v["rule"] for v in json.loads(text)["violations"]} == {"weight-type"}
+    assert run_cli(capsys, "check", out, "--profile", "cpu-x86-vnni", "--weight-type", "int4")[0] == 0
+
+
+def test_check_treats_non_weight_constants_as_activations(tmp_path, capsys):
+    """y = (x * c) @ W with all ops quantized: c is quantized with the activation type, W with the weight type."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    inits = [numpy_helper.from_array(np.full((4,), 0.7, np.float32), "c"),
+             numpy_helper.from_array(np.random.default_rng(0).normal(0, 1, (4, 3)).astype(np.float32), "W")]
+    nodes = [helper.make_node("Mul", ["x", "c"], ["xc"], name="mul"), helper.make_node("MatMul", ["xc", "W"], ["y"], name="mm")]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save_model(m, str(path))
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(1).normal(0, 1, (32, 4)).astype(np.float32))
+    assert run_cli(capsys, "quantize", path, "--calib", tmp_path / "c.npz", "--profile", "cpu-x86-vnni",
+                   "--op-types", "Mul,MatMul", "-q")[0] == 0
+    q = onnx.load(str(path.with_name("m.int8.onnx")))
+    assert any(n.op_type == "DequantizeLinear" and n.input[0].startswith("c") for n in q.graph.node)
+    code, out, _ = run_cli(capsys, "check", path.with_name("m.int8.onnx"), "--profile", "cpu-x86-vnni", "--json")
+    assert code == 0, out

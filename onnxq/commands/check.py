@@ -17,6 +17,8 @@ def register(sub) -> None:
     )
     p.add_argument("model", help="quantized .onnx model")
     p.add_argument("--profile", default="auto", help="profile name, .toml path, or auto (default)")
+    p.add_argument("--weight-type", choices=["int8", "uint8", "int4", "uint4"],
+                   help="expected weight type (default: the model's onnxq manifest if present, else the profile's)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -30,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     prof, why = resolve_profile(args.profile)
     model = load_model(args.model)
-    violations = check_model(model, prof)
+    weight_type = args.weight_type or _manifest_weight_type(args.model)
+    violations = check_model(model, prof, weight_type=weight_type)
     if args.json:
         print(json.dumps({"model": args.model, "profile": prof.name, "ok": not violations,
                           "violations": [v.to_dict() for v in violations]}, indent=2))
@@ -41,3 +44,19 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"OK: {args.model} satisfies profile {prof.name!r}: " + "; ".join(RULES[r] for r in ("qdq-format", "activation-type", "weight-type")))
     return 1 if violations else 0
+
+
+def _manifest_weight_type(model_path: str) -> str | None:
+    """The weight type recorded in the model's onnxq manifest (NAME.onnxq.json), if it has one."""
+    from ..errors import InputError
+    from ..modelio import manifest_path
+
+    path = manifest_path(model_path)
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"manifest {path} is unreadable ({e}); fix or remove it, or pass --weight-type") from e
+    plan = (doc.get("result") or {}).get("plan") or {} if isinstance(doc, dict) else {}
+    return plan.get("weight_type") if isinstance(plan, dict) else None

@@ -37,10 +37,10 @@ from ..plan import QuantPlan, make_plan, resolve_op_types
 from ..profiles import Profile
 from ..ptq import (
     HOLDOUT,
-    _calibration_op_types,
-    _ensure_node_names,
-    _exclusions_for_float_tensors,
-    _preprocess,
+    calibration_op_types,
+    ensure_node_names,
+    float_tensor_exclusions,
+    preprocess,
     quantize_with_ranges,
     resolve_profile,
 )
@@ -202,8 +202,8 @@ def _float_graph(gm, probes, inputs, input_names, output_names, opset, tmp: Path
 
     marked = marker_export(gm, inputs, input_names, output_names, opset)
     stripped, probe_tensor = strip_markers(marked, len(probes))
-    pre, label = _preprocess(stripped, tmp)
-    _ensure_node_names(pre)
+    pre, label = preprocess(stripped, tmp)
+    ensure_node_names(pre)
     tensors = {o for n in pre.graph.node for o in n.output} | {i.name for i in pre.graph.input}
     probe_tensor = {k: v for k, v in probe_tensor.items() if v in tensors}
     return pre, probe_tensor, label
@@ -283,10 +283,10 @@ def prepare(
         calib, holdout = calib_all.split(HOLDOUT)
         resolved_ops, reason = resolve_op_types(plan, {n.op_type for n in P.graph.node})
         report = collect_ranges(
-            P, calib, method=plan.method, percentile=plan.percentile, op_types=_calibration_op_types(plan, resolved_ops),
+            P, calib, method=plan.method, percentile=plan.percentile, op_types=calibration_op_types(plan, resolved_ops),
             num_bins=plan.num_bins, progress=progress,
         )
-        excl = _exclusions_for_float_tensors(P, report.float_tensors)
+        excl = float_tensor_exclusions(P, report.float_tensors)
         if report.float_tensors:
             warns.append("kept in float around non-finite calibration tensors: " + ", ".join(list(report.float_tensors)[:3]))
         qmodel, layout, excl, place_warns, probes_of, weight_owner = place(

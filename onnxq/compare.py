@@ -56,6 +56,10 @@ from .errors import InputError, OnnxqError, ProviderError
 
 __all__ = ["Variant", "VARIANTS", "plan_variants", "compare", "verdict", "METRICS"]
 
+# A variant must beat FP32 by this factor to be recommended over it (10%, the band within which
+# the verdict also calls two latencies "the same": run-to-run noise on a shared CPU is of that order).
+MEASURABLY_FASTER = 1.1
+
 METRICS = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "agreement": "top-1 agreement with FP32", "cosine": "cosine similarity to FP32"}
 
 
@@ -127,6 +131,10 @@ def _size(path: Path) -> int:
     return path.stat().st_size + (side.stat().st_size if side.is_file() else 0)
 
 
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool, type(None)))
+
+
 def _signed(x: float, digits: int = 1) -> str:
     """'+1.2' / '-0.3', and '+0.0' rather than '-0.0' for a value that rounds to zero."""
     return f"{round(x, digits) + 0.0:+.{digits}f}"
@@ -148,8 +156,10 @@ def verdict(prof: dict[str, Any], *, budget: float = 0.5, batch: int | str | Non
     2. Best PTQ (highest quality, then fastest) within budget -> "... within X points of FP32 at
        S x speed: QAT not needed". Else with QAT: "QAT recovers R of L points lost by PTQ at the
        same latency" (latencies within 10%) or "at K x the latency of PTQ"; without QAT: "try QAT".
-    3. Fastest variant within budget (latency measured) is the recommendation; without latency,
-       the smallest variant within budget. Quantized variants slower than 0.9x FP32 are named.
+    3. Fastest variant within budget (latency measured) is the recommendation if it is measurably
+       faster than FP32 (>= 1.1x, the same 10% band as "same latency"), else FP32, naming for
+       when size matters the smallest variant within budget, under 0.9x FP32's size and within 10%
+       of the fastest such variant's speed; without latency, the smallest variant within budget. Quantized variants slower than 0.9x FP32 are named.
     4. Failed variants and unmeasured latency are stated.
     """
     b = str(batch if batch is not None else prof.get("primary_batch", ""))
@@ -207,7 +217,7 @@ def verdict(prof: dict[str, Any], *, budget: float = 0.5, batch: int | str | Non
                 else:
                     lat = ""
                 s = f"QAT recovers {min(rec, lost):.1f} of {lost:.1f} points lost by PTQ{lat}"
-                s += ": use QAT." if lq <= budget else f"; it is still {lq:.1f} points below FP32."
+                s += ": use QAT rather than PTQ." if lq <= budget else f"; it is still {lq:.1f} points below FP32."
                 sentences.append(s)
             else:
                 sentences.append(
@@ -225,13 +235,33 @@ def verdict(prof: dict[str, Any], *, budget: float = 0.5, batch: int | str | Non
 
     within = [v for v in ok if loss(v) <= budget]
     recommended: str | None
+
+    def unless_size() -> str:
+        """When FP32 is kept for speed but a quantized variant within budget is much smaller, say so."""
+        fs = fp32.get("size_bytes")
+        small = [v for v in within if v["kind"] != "fp32" and v.get("size_bytes") and fs and v["size_bytes"] < 0.9 * fs]
+        if not small:
+            return ""
+        # the smallest of those within 10% of the fastest small one (closer speeds are noise here)
+        top = max(spd(v) or 0.0 for v in small)
+        v = min((v for v in small if (spd(v) or 0.0) >= top / MEASURABLY_FASTER), key=lambda v: v["size_bytes"])
+        at = f" and {spd(v):.2f}x its speed" if spd(v) is not None else ""
+        return f", unless size matters: {label(v)} is within {budget:g} points at {v['size_bytes'] / fs:.2f}x its size{at}"
     if timed:
         timed_within = [v for v in within if spd(v) is not None]
         fastest = max(timed_within, key=lambda v: spd(v) or 0.0)
-        recommended = fastest["name"]
-        if fastest["kind"] == "fp32":
-            sentences.append(f"No variant within {budget:g} points of FP32 is faster than FP32 at batch {b}: keep FP32.")
+        if fastest["kind"] != "fp32" and (spd(fastest) or 0.0) < MEASURABLY_FASTER:
+            # within the noise band of a shared machine: recommending it would rest on noise
+            recommended = fp32["name"]
+            sentences.append(
+                f"No variant within {budget:g} points of FP32 is measurably faster than FP32 at batch {b} "
+                f"(fastest: {label(fastest)}, {spd(fastest):.2f}x; {MEASURABLY_FASTER:g}x needed): keep FP32{unless_size()}."
+            )
+        elif fastest["kind"] == "fp32":
+            recommended = fastest["name"]
+            sentences.append(f"No variant within {budget:g} points of FP32 is faster than FP32 at batch {b}: keep FP32{unless_size()}.")
         else:
+            recommended = fastest["name"]
             sentences.append(
                 f"Fastest within {budget:g} points: {label(fastest)}, {spd(fastest):.1f}x FP32 at batch {b} "
                 f"({_signed(-loss(fastest))} points)."
@@ -296,6 +326,7 @@ def compare(
     budget: float = 0.5,
     metric: str | None = None,
     allow_fallback: bool = False,
+    weight_type: str | None = None,
     progress: bool = False,
     log: Any = None,
 ) -> dict[str, Any]:
@@ -305,8 +336,10 @@ def compare(
     >>> [(v["name"], v["quality"]) for v in doc["profiles"][0]["variants"]][:2]             # doctest: +SKIP
     [('fp32', 0.91), ('dynamic', 0.905)]
 
-    Bad data, an unknown profile, or no runnable profile raise InputError / ProfileError /
-    ProviderError before anything is written; a variant's own failure is recorded in the result.
+    ``weight_type`` (e.g. ``"int4"``) overrides the profile's weight type for the PTQ variants
+    (static and dynamic), so they can be set against a QAT task that trains with the same weights;
+    the QAT task sets its own. Bad data, an unknown profile, or no runnable profile raise InputError /
+    ProfileError / ProviderError before anything is written; a variant's own failure is recorded.
     """
     import numpy as np
 
@@ -336,6 +369,10 @@ def compare(
         raise InputError(f"output {outdir} exists and is not a directory; pass a directory with -o")
     if calib is None or eval_data is None:
         raise InputError("compare needs --calib CALIB.npz and --eval EVAL.npz")
+    from .profiles import QTYPES
+
+    if weight_type is not None and weight_type not in QTYPES:
+        raise InputError(f"unknown --weight-type {weight_type!r}; choose one of: {', '.join(QTYPES)}")
 
     # -- profiles and providers (before anything is written) ----------------------------------
     profs = []
@@ -409,6 +446,7 @@ def compare(
         "variants_filter": list(variants) if variants else None,
         "task": task,
         "epochs": epochs,
+        "weight_type": weight_type,
         "interleaved": True,
     }
     doc = new_document(
@@ -428,7 +466,7 @@ def compare(
                 prof, plans[prof.name], model=model, calib=calib, edata=edata, metric=metric, outdir=outdir,
                 task=task, epochs=epochs, qat_done=qat_done.get(prof.name), missing=missing[prof.name],
                 batches=batches, primary=primary, warmup=warmup, runs=runs, threads=threads, budget=budget,
-                allow_fallback=allow_fallback, progress=progress, specs=specs,
+                allow_fallback=allow_fallback, progress=progress, specs=specs, weight_type=weight_type,
             )
         )
     _write_outputs(doc, outdir)
@@ -436,7 +474,7 @@ def compare(
 
 
 def _run_profile(prof, plan, *, model, calib, edata, metric, outdir, task, epochs, qat_done, missing, batches, primary,
-                 warmup, runs, threads, budget, allow_fallback, progress, specs) -> dict[str, Any]:
+                 warmup, runs, threads, budget, allow_fallback, progress, specs, weight_type=None) -> dict[str, Any]:
     from .bench import LatencyStats, make_feeds, measure_interleaved
     from .evaldata import eval_metrics, headline, run_model
     from .ptq import quantize
@@ -455,16 +493,21 @@ def _run_profile(prof, plan, *, model, calib, edata, metric, outdir, task, epoch
     for v in plan:
         rec: dict[str, Any] = {"name": v.name, "label": v.label, "kind": v.kind, "mode": v.mode, "method": v.method,
                                "per_channel": v.per_channel, "status": "ok"}
+        wtype = weight_type if v.mode in ("static", "dynamic") else None
+        if wtype:
+            rec.update(label=f"{v.label}, {wtype} weights", weight_type=wtype)
         try:
             if v.kind == "fp32":
                 rec["path"] = str(model)
             elif v.kind == "qat":
                 info = qat_done or _qat(task, prof, pdir / "qat.onnx", str(calib), epochs)
                 rec["path"] = str(info["model_path"])
-                rec["qat"] = {k: val for k, val in info.items() if isinstance(val, (str, int, float, bool, type(None)))}
+                # scalars, and the scalar entries of small dicts (accuracy side by side, sizes, steps)
+                rec["qat"] = {k: (val if _scalar(val) else {x: y for x, y in val.items() if _scalar(y)})
+                              for k, val in info.items() if _scalar(val) or isinstance(val, dict)}
             else:
                 res = quantize(model, mode=v.mode, profile=prof, calibration=str(calib), method=v.method,
-                               per_channel=v.per_channel, output=pdir / f"{v.name}.onnx", progress=False)
+                               per_channel=v.per_channel, weight_type=wtype, output=pdir / f"{v.name}.onnx", progress=False)
                 rec["path"] = str(res.output)
                 rec["quant"] = {"warnings": res.warnings, "quantized_nodes": res.quantized_nodes,
                                 "float_nodes": res.float_nodes, "op_types": res.op_types, "manifest": str(res.manifest)}
@@ -476,6 +519,11 @@ def _run_profile(prof, plan, *, model, calib, edata, metric, outdir, task, epoch
         recs.append(rec)
         bar.update()
     bar.close()
+    low_bit = [r["name"] for r in recs if r["status"] == "ok"
+               and (r.get("weight_type") or (r.get("qat") or {}).get("weight_type")) in ("int4", "uint4")]
+    if low_bit and "CPUExecutionProvider" in prof.runtime.providers:  # DESIGN.md section 5: say so in every report
+        notes.append(f"4-bit weights ({', '.join(low_bit)}): onnxruntime's CPU provider does not fuse them "
+                     "(DequantizeLinear feeds a float Conv/Gemm), so they buy size, not speed")
     # -- evaluate -----------------------------------------------------------------------------
     ref_out = None
     bar = _bar(len(recs), f"{prof.name}: evaluate", progress)

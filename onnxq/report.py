@@ -70,6 +70,7 @@ __all__ += [
     "eval_table",
     "compare_table",
     "compare_markdown",
+    "qat_summary",
     "cross_markdown",
     "cross_table",
     "pareto_front",
@@ -197,6 +198,7 @@ def compare_markdown(doc: dict[str, Any]) -> str:
         f"- latency: batches {', '.join(map(str, s['batches']))}; {s['warmup']} warm-up + {s['runs']} timed runs per variant, "
         f"interleaved; intra-op threads {s.get('threads_label', s.get('threads'))}",
         f"- accuracy budget for the verdict: {s['budget_points']:g} points",
+        *_compare_setup_lines(doc),
         f"- {host_summary(doc['host'])}",
         f"- written {doc['created']} by onnxq {doc['onnxq']}",
         "",
@@ -209,6 +211,9 @@ def compare_markdown(doc: dict[str, Any]) -> str:
         if prof.get("notes"):
             lines.append("")
         lines += [compare_table(prof, data.get("metric", ""), s["batches"], tablefmt="github", error_width=None), ""]
+        qat_line = qat_summary(prof)
+        if qat_line:
+            lines += [qat_line, ""]
         failed = [v for v in prof["variants"] if v["status"] != "ok"]
         if failed:
             lines += ["Failed variants:", ""]
@@ -219,6 +224,47 @@ def compare_markdown(doc: dict[str, Any]) -> str:
     elif doc.get("plot_note"):
         lines += ["## Accuracy vs latency", "", f"_{doc['plot_note']}_", ""]
     return "\n".join(lines)
+
+
+def _compare_setup_lines(doc: dict[str, Any]) -> list[str]:
+    """What was compared, where it differs from 'every variant the profile allows, its own weights'."""
+    s = doc["settings"]
+    out = []
+    if s.get("variants_filter"):
+        out.append("- variants: only `" + ", ".join(s["variants_filter"]) + "` (`--variants`; FP32"
+                   + (" and QAT" if s.get("task") else "") + " always)")
+    if s.get("weight_type"):
+        out.append(f"- PTQ weights: {s['weight_type']} (`--weight-type`, instead of the profile's)")
+    if s.get("task"):
+        qats = [v.get("qat") or {} for p in doc.get("profiles", []) for v in p["variants"] if v["kind"] == "qat"]
+        src = " (exported by the task: the trained network QAT fine-tunes from)" if any(
+            q.get("fp32_model_path") == doc["model"]["path"] for q in qats) else ""
+        out.append(f"- QAT task: `{s['task']}`{src}")
+    return out
+
+
+def qat_summary(prof: dict[str, Any]) -> str:
+    """One sentence on how the QAT variant was trained (from the facts run_task returned)."""
+    v = next((x for x in prof["variants"] if x["kind"] == "qat" and x.get("qat")), None)
+    if v is None:
+        return ""
+    q = v["qat"]
+    parts = []
+    if q.get("epochs") is not None:
+        steps = (q.get("train") or {}).get("steps") if isinstance(q.get("train"), dict) else None
+        parts.append(f"{q['epochs']} epoch(s)" + (f" ({steps} steps)" if steps else "")
+                     + (f", lr {q['lr']:g}" if _num(q.get("lr")) is not None else ""))
+    if q.get("weight_type"):
+        pc = q.get("per_channel")
+        parts.append(f"{q['weight_type']} weights" + ("" if pc is None else (" per-channel" if pc else " per-tensor")))
+    if _num(q.get("step_time_ratio")) is not None:
+        parts.append(f"training step {_num(q['step_time_ratio']):.2f}x FP32's")
+    if _num(q.get("wall_s")) is not None:
+        parts.append(f"{_num(q['wall_s']):.0f} s for the task (FP32 export, its PTQ baseline, QAT training, checks)")
+    agree = _num(q.get("agreement_torch_vs_onnx"))
+    if agree is not None:
+        parts.append(f"PyTorch fake-quant vs ONNX top-1 agreement {100 * agree:.2f}%")
+    return ("QAT: " + "; ".join(parts) + ".") if parts else ""
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -62,7 +62,7 @@ def test_verdict_qat_recovers_points_at_same_latency():
     assert v["facts"]["qat_recovered_points"] == pytest.approx(3.1)
     assert "no variant within 0.5 points" in v["text"].lower() and v["recommended"] == "fp32"
     v2 = verdict(p, budget=1.0)
-    assert v2["sentences"][0].endswith(": use QAT.") and v2["recommended"] == "qat"
+    assert v2["sentences"][0].endswith(": use QAT rather than PTQ.") and v2["recommended"] == "qat"
 
 
 def test_verdict_qat_latency_ratio_and_no_help():
@@ -110,6 +110,24 @@ def test_verdict_fp32_failed():
 def test_verdict_beats_fp32_wording():
     p = _prof(_v("fp32", "fp32", 0.90, 1.0), _v("s", "ptq", 0.91, 2.0))
     assert verdict(p)["sentences"][0] == "PTQ s is 1.0 points above FP32 at 2.0x speed: QAT not needed."
+
+
+def test_verdict_recommends_nothing_within_the_noise_band():
+    # 1.05x FP32 is within the run-to-run noise of a shared CPU: FP32 stays the recommendation
+    p = _prof(_v("fp32", "fp32", 0.90, 1.0), _v("fp16", "fp16", 0.90, 1.05), _v("s", "ptq", 0.901, 0.88))
+    v = verdict(p, budget=0.5)
+    assert v["recommended"] == "fp32"
+    assert "measurably faster than FP32 at batch 32 (fastest: fp16, 1.05x; 1.1x needed): keep FP32." in v["text"]
+    # a quantized variant within budget that is much smaller is named for when size matters
+    p = _prof(_v("fp32", "fp32", 0.90, 1.0, size=4000), _v("qat", "qat", 0.899, 0.31, size=1600, label="QAT"),
+              _v("dynamic", "ptq", 0.90, 0.02, size=1500))
+    assert "keep FP32, unless size matters: QAT is within 0.5 points at 0.40x its size and 0.31x its speed." in verdict(p)["text"]
+    p = _prof(_v("fp32", "fp32", 0.90, 1.0, size=4000), _v("fp16", "fp16", 0.90, 1.02, size=2000),
+              _v("s", "ptq", 0.90, 0.97, size=1400), _v("d", "ptq", 0.90, 0.14, size=1300))
+    assert "unless size matters: s is within 0.5 points at 0.35x its size and 0.97x its speed." in verdict(p)["text"]
+    assert "Slower than FP32: s (0.88x)." in v["text"]
+    p = _prof(_v("fp32", "fp32", 0.90, 1.0), _v("s", "ptq", 0.90, 1.12))
+    assert verdict(p)["recommended"] == "s"
 
 
 # -- variants --------------------------------------------------------------------------------
@@ -242,6 +260,42 @@ def test_qat_contract_with_a_fake_task(mlp_case, tmp_path, monkeypatch):
     by = {v["name"]: v for v in doc["profiles"][0]["variants"]}
     assert by["qat"]["status"] == "ok" and by["qat"]["quality"] == pytest.approx(by["fp32"]["quality"])
     assert by["qat"]["qat"]["epochs"] == 2
+
+
+def test_weight_type_for_ptq_variants_and_report_lines(mlp_case, tmp_path, monkeypatch):
+    import onnx
+
+    d, model = mlp_case
+
+    def run_task(spec, profile, out_path, calibration=None, epochs=None):
+        shutil.copy(model, out_path)
+        return {"model_path": out_path, "fp32_model_path": str(model), "epochs": 1, "lr": 2e-4, "weight_type": "int4",
+                "per_channel": True, "step_time_ratio": 1.2, "wall_s": 12.0, "train": {"steps": 7, "loss_per_epoch": [0.1]},
+                "accuracy": {"fp32": 0.9, "qat": 0.89}, "qat_module": object()}
+
+    fake = types.ModuleType("onnxq.qat")
+    fake.run_task = run_task
+    monkeypatch.setitem(sys.modules, "onnxq.qat", fake)
+    out = tmp_path / "o"
+    doc = compare(None, calib=d / "calib.npz", eval_data=d / "eval.npz", outdir=out, profiles=["cpu-x86-vnni"],
+                  variants=["static-pc-minmax", "fp16"], batches=[2], warmup=0, runs=2, threads=1, task="pkg:task",
+                  weight_type="int4")
+    by = {v["name"]: v for v in doc["profiles"][0]["variants"]}
+    assert by["static-pc-minmax"]["status"] == "ok", by["static-pc-minmax"].get("error")
+    assert by["static-pc-minmax"]["label"] == "static per-channel (minmax), int4 weights"
+    m = onnx.load(str(out / "cpu-x86-vnni" / "static-pc-minmax.onnx"))
+    assert {i.data_type for i in m.graph.initializer} & {onnx.TensorProto.INT4}, "int4 weights written"
+    assert "weight_type" not in by["fp16"] and doc["settings"]["weight_type"] == "int4"
+    assert by["qat"]["qat"]["train"] == {"steps": 7} and by["qat"]["qat"]["accuracy"]["qat"] == 0.89
+    assert "qat_module" not in by["qat"]["qat"]
+    md = (out / "report.md").read_text()
+    assert "- variants: only `static-pc-minmax, fp16` (`--variants`; FP32 and QAT always)" in md
+    assert "- PTQ weights: int4 (`--weight-type`" in md
+    assert "> 4-bit weights (static-pc-minmax, qat): onnxruntime's CPU provider does not fuse them" in md
+    assert "- QAT task: `pkg:task` (exported by the task: the trained network QAT fine-tunes from)" in md
+    assert "QAT: 1 epoch(s) (7 steps), lr 0.0002; int4 weights per-channel; training step 1.20x FP32's" in md
+    with pytest.raises(InputError, match="--weight-type"):
+        compare(model, calib=d / "calib.npz", eval_data=d / "eval.npz", outdir=tmp_path / "x", weight_type="int3")
 
 
 def test_missing_provider_profile_latency_not_measured(mlp_case, tmp_path):

@@ -14,6 +14,7 @@ def _csv(text: str) -> list[str]:
 
 def register(sub) -> None:
     from ..cli import add_common
+    from ..profiles import QTYPES
 
     p = sub.add_parser(
         "compare",
@@ -46,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: the profile's)")
     p.add_argument("--budget", type=float, default=0.5, metavar="PTS", help="accuracy points a variant may lose vs FP32 (default: 0.5)")
     p.add_argument("--metric", choices=["top1", "top5", "agreement", "cosine"], help="quality metric (default: top1 with labels, else top-1 agreement, else cosine)")
+    p.add_argument("--weight-type", choices=QTYPES,
+                   help="weight type of the PTQ variants (default: the profile's), e.g. int4 to set PTQ against a QAT task "
+                        "training int4 weights; int4 needs opset 21 and is not fused by the CPU provider")
     p.add_argument("--allow-fallback", action="store_true", help="measure latency on available providers when the profile's are missing (marked FALLBACK)")
     add_common(p)
     p.set_defaults(func=run)
@@ -53,7 +57,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..compare import compare
-    from ..report import compare_table
+    from ..report import compare_table, qat_summary
     from ..results import dumps
 
     quiet = args.quiet or args.json
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, calib=args.calib, eval_data=args.eval_data, outdir=args.output, profiles=args.profile or ["auto"],
         labels_key=args.labels, task=args.task, epochs=args.epochs, variants=args.variants, batches=args.batch,
         warmup=args.warmup, runs=args.runs, threads=args.threads, budget=args.budget, metric=args.metric,
-        allow_fallback=args.allow_fallback, progress=not quiet, log=log,
+        allow_fallback=args.allow_fallback, weight_type=args.weight_type, progress=not quiet, log=log,
     )
     if args.json:
         sys.stdout.write(dumps(doc))
@@ -77,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         for note in prof.get("notes", []):
             print(f"  note: {note}")
         print(compare_table(prof, metric, doc["settings"]["batches"], tablefmt="simple"))
+        if qat_summary(prof):
+            print(qat_summary(prof))
         print(f"verdict: {prof['verdict']['text']}")
     print(f"\nwrote {doc['outputs']['report_md']}, {doc['outputs']['report_json']}"
           + (f", {doc['outputs']['plot']}" if doc["outputs"]["plot"] else f" ({doc['plot_note']})"))

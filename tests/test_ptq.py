@@ -189,3 +189,15 @@ def test_int4_weights_run_but_are_only_smaller(cnn_model):
     assert any(t.data_type == TensorProto.INT4 for t in m.graph.initializer)
     assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 21
     assert res.fidelity["logits"]["cosine"] > 0.97
+
+
+def test_no_temp_files_left_in_working_directory(cnn_model, tmp_path, monkeypatch):
+    """onnxruntime's symbolic shape inference writes temp files into the cwd: onnxq runs it in its temp dir."""
+    model, calib = cnn_model
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    res = onnxq.quantize(model, mode="static", calibration=calib, profile="cpu-x86-vnni", progress=False)
+    assert list(work.iterdir()) == []
+    assert sorted(p.name for p in model.parent.iterdir() if p.name.startswith(".")) == []  # no .tmp left
+    assert res.preprocess.startswith("symbolic")

@@ -19,7 +19,6 @@ import collections
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path

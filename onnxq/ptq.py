@@ -411,6 +411,11 @@ def quantize(
             if validation["providers"]["fallback"]:
                 warns.append(validation["providers"]["note"] + " (validation ran on the available provider)")
             q, f = _count_quantized(qmodel)
+            if plan.mode == "dynamic" and q == 0:
+                warns.append(
+                    "dynamic quantization quantized NO node: onnxruntime's dynamic quantizer has no Gemm handler "
+                    "(torch exports 2-D nn.Linear as Gemm); use --mode static, or export Linear layers as MatMul"
+                )
             result = QuantResult(
                 output=out,
                 manifest=manifest_path(out),

@@ -201,3 +201,15 @@ def test_no_temp_files_left_in_working_directory(cnn_model, tmp_path, monkeypatc
     assert list(work.iterdir()) == []
     assert sorted(p.name for p in model.parent.iterdir() if p.name.startswith(".")) == []  # no .tmp left
     assert res.preprocess.startswith("symbolic")
+
+
+def test_dynamic_on_gemm_only_model_warns_that_nothing_was_quantized(cnn_model, tmp_path):
+    """tiny CNN's classifier is a Gemm; keep only it and dynamic mode has nothing it can quantize."""
+    import tiny_models
+
+    m = tiny_models.cnn()
+    model = tmp_path / "cnn.onnx"
+    onnx.save_model(m, str(model))
+    res = onnxq.quantize(model, mode="dynamic", calib_random=8, profile="cpu-x86-vnni", op_types=["Gemm"], progress=False)
+    assert res.quantized_nodes == 0
+    assert any("quantized NO node" in w for w in res.warnings)

@@ -11,9 +11,11 @@
    (``out/fashion_cnn.pt``; trained first, 6 epochs, when it is missing, and that is timed too);
 3. prints the wall time and the load average (the machine may be shared).
 
-Latency: 1 intra-op thread, 10 warm-up + 200 interleaved runs per variant and batch (as in
-``benchmarks/results/qat.md``): on a shared 2-core machine one thread keeps the other jobs from
-deciding the ranking. Any other ``onnxq compare`` option given here is passed on (``--threads 2``...).
+Threads: 1 onnxruntime intra-op thread for latency (10 warm-up + 200 interleaved runs per variant
+and batch, as in ``benchmarks/results/qat.md``) and 1 torch thread for training (``OMP_NUM_THREADS``,
+``--torch-threads``). On this shared 2-core machine, with a load average of 3.5, a training step of
+the CNN took 41-60 ms with one torch thread and 181-230 ms with two: two threads contend with the
+other jobs. Any other ``onnxq compare`` option given here is passed on (``--threads 2``...).
 
 The report (``report.md``, ``report.json``, ``pareto.png``) lands in ``examples/fashion_mnist/compare/``;
 the models compare builds go to ``compare/<profile>/`` (git-ignored).
@@ -56,7 +58,7 @@ def write_data(out: Path, input_name: str = "input") -> tuple[Path, Path]:
 
 
 def run_compare(task: str, report_dir: Path, out: Path, *, checkpoint: Path, profile: str = "cpu-x86-vnni",
-                extra: list[str] | None = None) -> int:
+                extra: list[str] | None = None, torch_threads: int | None = None) -> int:
     """Write the data, run `onnxq compare` (no MODEL: the task exports FP32), print wall time and load."""
     t0 = time.perf_counter()
     load0 = os.getloadavg()
@@ -69,11 +71,15 @@ def run_compare(task: str, report_dir: Path, out: Path, *, checkpoint: Path, pro
     cmd = [sys.executable, "-m", "onnxq", "compare", "--task", task, "--calib", rel(calib), "--eval", rel(evald),
            "--profile", profile, "-o", rel(report_dir), "--warmup", "10", "--runs", "200", "--threads", "1", *(extra or [])]
     print("[run_compare] " + " ".join(cmd[1:]), file=sys.stderr)
-    rc = subprocess.call(cmd, cwd=ROOT)
+    env = dict(os.environ)
+    threads = str(torch_threads) if torch_threads else env.get("OMP_NUM_THREADS", "1")
+    env["OMP_NUM_THREADS"] = threads  # torch's intra-op threads for training (see the module docstring)
+    print(f"[run_compare] torch threads {threads} (OMP_NUM_THREADS)", file=sys.stderr)
+    rc = subprocess.call(cmd, cwd=ROOT, env=env)
     wall = time.perf_counter() - t0
     load1 = os.getloadavg()
     print(f"\n[run_compare] exit {rc}; wall time {wall:.0f} s ({wall / 60:.1f} min) on {os.cpu_count()} cores, "
-          f"FP32 checkpoint {'cached' if cached else 'trained in this run'}; load average (1/5/15 min) "
+          f"FP32 checkpoint {'cached' if cached else 'trained in this run'}, torch threads {threads}; load average (1/5/15 min) "
           f"{'/'.join(f'{x:.1f}' for x in load0)} at start, {'/'.join(f'{x:.1f}' for x in load1)} at the end")
     return rc
 
@@ -82,11 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, help="QAT epochs (default: the task's)")
     ap.add_argument("--profile", default="cpu-x86-vnni")
+    ap.add_argument("--torch-threads", type=int, help="torch threads for training (default: $OMP_NUM_THREADS, else 1)")
     ap.add_argument("-o", "--output", default=str(HERE / "compare"), help="report folder (default: examples/fashion_mnist/compare)")
     args, extra = ap.parse_known_args(argv)
     extra = (["--epochs", str(args.epochs)] if args.epochs is not None else []) + extra
     return run_compare("examples.fashion_mnist.qat_task:TASK", Path(args.output), HERE / "out",
-                       checkpoint=HERE / "out" / "fashion_cnn.pt", profile=args.profile, extra=extra)
+                       checkpoint=HERE / "out" / "fashion_cnn.pt", profile=args.profile, extra=extra,
+                       torch_threads=args.torch_threads)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--int4", action="store_true", help="INT4_TASK vs int4 PTQ, into compare-int4/")
     ap.add_argument("--epochs", type=int, help="QAT epochs (default: the task's)")
     ap.add_argument("--profile", default="cpu-x86-vnni")
+    ap.add_argument("--torch-threads", type=int, help="torch threads for training (default: $OMP_NUM_THREADS, else 1)")
     ap.add_argument("--variants", help="compare's --variants (default: static-pt-* / static-pc-* with --int4)")
     ap.add_argument("-o", "--output", help="report folder (default: examples/hard_case/compare or compare-int4)")
     args, extra = ap.parse_known_args(argv)
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         task, variants, out = "examples.hard_case.qat_task:TASK", "static-pt-*", HERE / "compare"
     extra = ["--variants", args.variants or variants, *(["--epochs", str(args.epochs)] if args.epochs is not None else []), *extra]
     return _fashion_runner().run_compare(task, Path(args.output) if args.output else out, HERE / "out",
-                                         checkpoint=HERE / "out" / "dscnn.pt", profile=args.profile, extra=extra)
+                                         checkpoint=HERE / "out" / "dscnn.pt", profile=args.profile, extra=extra,
+                                         torch_threads=args.torch_threads)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ __all__ = ["Variant", "VARIANTS", "plan_variants", "compare", "verdict", "METRIC
 # A variant must beat FP32 by this factor to be recommended over it (10%, the band within which
 # the verdict also calls two latencies "the same": run-to-run noise on a shared CPU is of that order).
 MEASURABLY_FASTER = 1.1
+NOT_SLOWER = 0.9  # below this, a variant is named "slower than FP32"
 
 METRICS = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "agreement": "top-1 agreement with FP32", "cosine": "cosine similarity to FP32"}
 
@@ -158,8 +159,9 @@ def verdict(prof: dict[str, Any], *, budget: float = 0.5, batch: int | str | Non
        same latency" (latencies within 10%) or "at K x the latency of PTQ"; without QAT: "try QAT".
     3. Fastest variant within budget (latency measured) is the recommendation if it is measurably
        faster than FP32 (>= 1.1x, the same 10% band as "same latency"), else FP32, naming for
-       when size matters the smallest variant within budget, under 0.9x FP32's size and within 10%
-       of the fastest such variant's speed; without latency, the smallest variant within budget. Quantized variants slower than 0.9x FP32 are named.
+       when size matters the smallest variant within budget under 0.9x FP32's size that is not
+       slower than FP32 (>= 0.9x; else the fastest of them); without latency, the smallest
+       variant within budget. Quantized variants slower than 0.9x FP32 are named.
     4. Failed variants and unmeasured latency are stated.
     """
     b = str(batch if batch is not None else prof.get("primary_batch", ""))
@@ -242,9 +244,12 @@ def verdict(prof: dict[str, Any], *, budget: float = 0.5, batch: int | str | Non
         small = [v for v in within if v["kind"] != "fp32" and v.get("size_bytes") and fs and v["size_bytes"] < 0.9 * fs]
         if not small:
             return ""
-        # the smallest of those within 10% of the fastest small one (closer speeds are noise here)
-        top = max(spd(v) or 0.0 for v in small)
-        v = min((v for v in small if (spd(v) or 0.0) >= top / MEASURABLY_FASTER), key=lambda v: v["size_bytes"])
+        # the smallest that is not slower than FP32 (>= 0.9x, the "Slower than FP32" line's bar); else the fastest
+        not_slow = [v for v in small if (spd(v) or 0.0) >= NOT_SLOWER]
+        if not_slow:
+            v = min(not_slow, key=lambda v: v["size_bytes"])
+        else:
+            v = max(small, key=lambda v: (spd(v) or 0.0, -v["size_bytes"]))
         at = f" and {spd(v):.2f}x its speed" if spd(v) is not None else ""
         return f", unless size matters: {label(v)} is within {budget:g} points at {v['size_bytes'] / fs:.2f}x its size{at}"
     if timed:
@@ -266,7 +271,7 @@ def verdict(prof: dict[str, Any], *, budget: float = 0.5, batch: int | str | Non
                 f"Fastest within {budget:g} points: {label(fastest)}, {spd(fastest):.1f}x FP32 at batch {b} "
                 f"({_signed(-loss(fastest))} points)."
             )
-        slow = [v for v in ok if v["kind"] != "fp32" and spd(v) is not None and spd(v) < 0.9]
+        slow = [v for v in ok if v["kind"] != "fp32" and spd(v) is not None and spd(v) < NOT_SLOWER]
         if slow:
             sentences.append("Slower than FP32: " + ", ".join(f"{label(v)} ({spd(v):.2f}x)" for v in slow) + ".")
     else:

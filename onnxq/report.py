@@ -291,13 +291,15 @@ def write_pareto_plot(series: dict[str, list[tuple[str, float, float]]], path: A
     from .results import atomic_target
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    texts: list[Any] = []
     try:
         for name, pts in series.items():
             xs = [p[1] for p in pts]
             ys = [p[2] for p in pts]
             sc = ax.scatter(xs, ys, label=name, zorder=3)
             for lab, x, y in pts:
-                ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+                texts.append(ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                                         arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5}))
             front = pareto_front([(x, y) for x, y in zip(xs, ys)])
             if len(front) > 1:
                 ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color=sc.get_facecolor()[0], zorder=2)
@@ -315,10 +317,36 @@ def write_pareto_plot(series: dict[str, list[tuple[str, float, float]]], path: A
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
+        _spread_labels(fig, texts)
         with atomic_target(path, suffix=".png") as tmp:
             fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
+
+
+def _spread_labels(fig: Any, texts: list[Any], gap: float = 1.0) -> None:
+    """Move point labels down, top to bottom, until none overlaps another (variants with near-equal
+    accuracy and latency otherwise print on top of each other); a thin line joins a moved label to its point."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    px_per_pt = fig.dpi / 72.0
+    boxes = [(t, t.get_window_extent(renderer)) for t in texts]  # sizes; positions are recomputed below
+    placed: list[tuple[float, float, float, float]] = []
+    for t, box in sorted(boxes, key=lambda tb: -tb[1].y0):
+        x0, y0, w, h = box.x0, box.y0, box.width, box.height
+        moved = False
+        for _ in range(len(texts) + 1):
+            hit = next((b for b in placed if x0 < b[2] and b[0] < x0 + w and y0 < b[3] and b[1] < y0 + h), None)
+            if hit is None:
+                break
+            y0 = hit[1] - gap - h
+            moved = True
+        placed.append((x0, y0, x0 + w, y0 + h))
+        if moved:
+            dx, dy = t.get_position()  # offset points
+            t.set_position((dx, dy + (y0 - box.y0) / px_per_pt))
+        else:
+            t.arrow_patch.set_visible(False)
 
 
 def _machine(doc: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ The FP32 network trains here for 4 epochs the first time (``out/dscnn.pt``, a fe
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 import time
@@ -113,13 +114,4 @@ TASK = QATTask(
     options={"per_channel": False},
 )
 
-INT4_TASK = QATTask(
-    name="hard-case-dscnn-int4",
-    model=load_model,
-    train_data=_train_data,
-    eval_data=_eval_data,
-    calibration=_calibration,
-    lr=2e-4,
-    epochs=1,
-    options={"weight_type": "int4"},
-)
+INT4_TASK = dataclasses.replace(TASK, name="hard-case-dscnn-int4", options={"weight_type": "int4"})

@@ -344,6 +344,18 @@ def _quant_bias(layer: nn.Module, bias: torch.Tensor | None) -> torch.Tensor | N
         return f"{self.qtype} symmetric {'per-channel' if self.per_channel else 'per-tensor'}{' reduce_range' if self.reduce_range else ''}"
 
 
+def _adopt(cls, module: nn.Module) -> nn.Module:
+    """An instance of ``cls`` sharing ``module``'s parameters, buffers and state, with a WeightQuant."""
+    q = cls.__new__(cls)
+    nn.Module.__init__(q)
+    q.__dict__.update({k: v for k, v in module.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")})
+    q._parameters = module._parameters
+    q._buffers = module._buffers
+    q._modules = dict(module._modules)
+    q.wq = WeightQuant()
+    return q
+
+
 class QConv2d(nn.Conv2d):
     """``nn.Conv2d`` (any groups, BatchNorm already folded in) with fake-quantized weights and bias.
 
@@ -353,14 +365,7 @@ class QConv2d(nn.Conv2d):
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d) -> "QConv2d":
-        q = cls.__new__(cls)
-        nn.Module.__init__(q)
-        q.__dict__.update({k: v for k, v in conv.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")})
-        q._parameters = conv._parameters
-        q._buffers = conv._buffers
-        q._modules = dict(conv._modules)
-        q.wq = WeightQuant()
-        return q
+        return _adopt(cls, conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.wq(self.weight)
@@ -376,13 +381,7 @@ class QLinear(nn.Linear):
 
     @classmethod
     def from_float(cls, lin: nn.Linear, mm_quant: ActQuant) -> "QLinear":
-        q = cls.__new__(cls)
-        nn.Module.__init__(q)
-        q.__dict__.update({k: v for k, v in lin.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")})
-        q._parameters = lin._parameters
-        q._buffers = lin._buffers
-        q._modules = dict(lin._modules)
-        q.wq = WeightQuant()
+        q = _adopt(cls, lin)
         q.mm_quant = mm_quant
         return q
 

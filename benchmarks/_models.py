@@ -525,18 +525,18 @@ def minilm_onnx(seq: int = MINILM_SEQ) -> Path:
 
 # The profile change measured by both scripts: MatMul/Gemm read quantized inputs but write float outputs
 # (onnxruntime then runs MatMulIntegerToFloat / QGemm with a float output instead of requantizing).
-FLOAT_MM_OUT = {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
+FLOAT_MM_OUT = {"float_outputs": ("MatMul", "Gemm")}
 
 
 def output_quant_variant(profile) -> tuple[str, str, dict]:
-    """(label, description, extra_options) of the variant that differs from the profile in that one setting.
+    """(label, description, layout overrides) of the variant that differs from the profile in that one setting.
 
     Before the profile adopted float MatMul/Gemm outputs this is the proposal; after, it is the old behaviour.
     """
-    excluded = set(profile.quant.extra_options.get("OpTypesToExcludeOutputQuantization", []))
+    excluded = set(profile.quant.layout.float_outputs)
     if {"MatMul", "Gemm"} <= excluded:
         return ("static_qout", "static with MatMul/Gemm outputs quantized (the profile before float outputs)",
-                {"OpTypesToExcludeOutputQuantization": []})
+                {"float_outputs": ()})
     return "static_proposed", "static with MatMul/Gemm outputs kept in float (proposed)", dict(FLOAT_MM_OUT)
 
 
@@ -634,18 +634,18 @@ def _onnxq_job(spec: dict) -> dict:
         return wrapper
 
     # where onnxq's time goes (wrappers only time; names looked up defensively as the code evolves)
-    for attr, label in (("_preprocess", "preprocess"), ("preprocess", "preprocess"), ("collect_ranges", "calibrate"),
-                        ("quantize_with_ranges", "write_qdq"), ("_validate", "validate")):
+    for attr, label in (("preprocess", "preprocess"), ("collect_ranges", "calibrate"), ("write_qdq", "write_qdq"),
+                        ("validate", "validate")):
         if hasattr(ptq, attr):
             setattr(ptq, attr, timed(getattr(ptq, attr), label))
 
     kw = {k: spec[k] for k in ("method", "per_channel", "op_types", "percentile", "exclude_nodes") if spec.get(k) is not None}
     profile = onnxq.load_profile("cpu-x86-vnni")
-    if spec.get("extra_options"):  # a candidate profile change, tried without editing the shipped file
+    if spec.get("layout"):  # a candidate profile change, tried without editing the shipped file
         import dataclasses
 
-        extra = dict(profile.quant.extra_options) | spec["extra_options"]
-        profile = dataclasses.replace(profile, quant=dataclasses.replace(profile.quant, extra_options=extra))
+        layout = dataclasses.replace(profile.quant.layout, **{k: tuple(v) if isinstance(v, list) else v for k, v in spec["layout"].items()})
+        profile = dataclasses.replace(profile, quant=dataclasses.replace(profile.quant, layout=layout))
     r = onnxq.quantize(spec["model"], mode=spec.get("mode", "static"), profile=profile, calibration=spec["calib"],
                        calibration_samples=spec["samples"], output=spec["output"], progress=False, **kw)
     return {"onnxq_fidelity": r.fidelity, "op_types": r.op_types, "warnings": r.warnings,

@@ -14,6 +14,7 @@ Writes benchmarks/results/ptq.json (raw numbers) and ptq.md (tables).
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import collections
 import json
@@ -140,7 +141,7 @@ def quantize_variants(spec: dict) -> dict[str, dict]:
     prof = onnxq.load_profile("cpu-x86-vnni")
     alt_label, _, alt_extra = M.output_quant_variant(prof)
     alt = dataclasses.replace(prof, quant=dataclasses.replace(
-        prof.quant, extra_options=dict(prof.quant.extra_options) | alt_extra))
+        prof.quant, layout=dataclasses.replace(prof.quant.layout, **alt_extra)))
     variants = [("static", "static", prof), ("dynamic", "dynamic", prof)]
     if spec["family"] == "linear":  # float vs quantized MatMul/Gemm outputs matters for MatMul/Gemm models
         variants.append((alt_label, "static", alt))
@@ -340,7 +341,7 @@ def write_markdown(res: dict, path: Path) -> None:
               "onnxruntime CPU provider, 1 intra-op thread, graph optimisation \"all\"; median of interleaved runs "
               "(p10-p90 in brackets). Speed-up = FP32 median / variant median.", "",
               f"`{ALT}`: {ALT_DESC}; measured on the MatMul/Gemm models only. Profile extra options under test: "
-              f"{res.get('profile_extra_options')}.", "",
+              f"{res.get('profile_layout')}.", "",
               f"| model | batch | FP32 ms | static INT8 ms | dynamic INT8 ms | {ALT} ms | static speed-up | "
               f"dynamic speed-up | {ALT} speed-up | rounds |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -475,7 +476,7 @@ def main(argv=None) -> int:
     prof = onnxq.load_profile("cpu-x86-vnni")
     ALT, ALT_DESC, _ = M.output_quant_variant(prof)
     t0 = time.time()
-    res = {"env": cpu_info(), "profile_extra_options": dict(prof.quant.extra_options), "profile_sha256": prof.sha256, "loadavg_start": loadavg(), "sections": sections, "settings": vars(args) | {"calibration_samples": CAL}}
+    res = {"env": cpu_info(), "profile_layout": dataclasses.asdict(prof.quant.layout), "profile_sha256": prof.sha256, "loadavg_start": loadavg(), "sections": sections, "settings": vars(args) | {"calibration_samples": CAL}}
     if "latency" in sections:
         res["latency"] = section_latency(args)
     if "accuracy" in sections:

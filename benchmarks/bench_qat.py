@@ -240,7 +240,7 @@ def routes(res: dict, out_dir: Path, tmp: Path, runs: int) -> dict:
     ptq_same = out_dir / "routes.ptq.onnx"
     calib = {state.input_names[0]: xs[0][:288]}
     quantize(float_path, mode="static", profile=PROFILE, calibration=calib, output=ptq_same,
-             per_channel=state.plan.per_channel, weight_type=state.plan.weight_type, progress=False)
+             per_channel=state.recipe.per_channel, weight_type=state.recipe.weight_type, progress=False)
     fl = onnx.load(str(float_path))
     a = read_layout(onnx.load(str(paths[ROUTE_ONNXQ])), fl)
     b = read_layout(onnx.load(str(ptq_same)), fl)

@@ -21,6 +21,7 @@ Writes benchmarks/results/defaults.json and defaults.md.
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import json
 import sys
@@ -101,7 +102,7 @@ def configurations(kind: str, args, heavy_model: bool = False, graph: Path | Non
     cfgs.append(dict(name="onnxq default (cpu-x86-vnni)", kind="onnxq", group="onnxq", default=True))
     label, desc, extra = M.output_quant_variant(onnxq.load_profile("cpu-x86-vnni"))
     cfgs.append(dict(name=f"onnxq default, {desc.replace('static with ', '')}", kind="onnxq", group="output quantization",
-                     extra_options=extra, alt=label))
+                     layout=extra, alt=label))
     for meth in ("minmax", "entropy", "percentile"):
         if q.per_channel and meth == q.calibration_method:
             continue  # identical to the default row
@@ -214,7 +215,7 @@ def run_model_suite(name: str, spec: dict, args) -> dict:
         out = work / (cfg["name"].replace(" ", "_").replace("/", "-").replace("(", "").replace(")", "").replace(",", "") + ".onnx")
         job = dict(kind=cfg["kind"], model=str(pre if cfg["kind"] == "ort" else spec["path"]), output=str(out),
                    calib=str(calib), samples=spec["samples"], method=cfg.get("method"), per_channel=cfg.get("per_channel"),
-                   op_types=cfg.get("op_types"), percentile=cfg.get("percentile"), extra_options=cfg.get("extra_options"),
+                   op_types=cfg.get("op_types"), percentile=cfg.get("percentile"), layout=cfg.get("layout"),
                    exclude_nodes=cfg.get("exclude_nodes"))
         r = M.run_job(job, timeout=args.job_timeout)
         return cfg, out, r
@@ -275,7 +276,7 @@ def percentile_table(all_res: dict) -> tuple[list[str], float | None]:
     pct_of = {}
     for name, r in all_res["models"].items():
         for c in r["configs"]:
-            if "metrics" not in c or c["kind"] != "onnxq" or c.get("extra_options") or c.get("op_types_arg"):
+            if "metrics" not in c or c["kind"] != "onnxq" or c.get("layout") or c.get("op_types_arg"):
                 continue
             if c.get("default"):
                 p = all_res.get("profile_percentile")
@@ -323,7 +324,7 @@ def recommendation(all_res: dict) -> list[str]:
         for key, pred in (("per_channel", lambda c: c["kind"] == "onnxq" and c.get("per_channel") is False),
                           ("minmax", lambda c: c["kind"] == "onnxq" and c.get("method") == "minmax" and not c.get("percentile")),
                           ("entropy", lambda c: c["kind"] == "onnxq" and c.get("method") == "entropy"),
-                          ("proposed", lambda c: bool(c.get("extra_options")))):
+                          ("proposed", lambda c: bool(c.get("layout")))):
             o = row(r, pred)
             if o:
                 verdict[key].append((name, primary(k, o["metrics"])[0] - dv, tol))
@@ -352,18 +353,18 @@ def recommendation(all_res: dict) -> list[str]:
         if not same:
             changes.append(f"percentile = {choice:g}")
     prop = verdict["proposed"]
-    in_profile = {"MatMul", "Gemm"} <= set(prof.get("extra_options", {}).get("OpTypesToExcludeOutputQuantization", []))
+    in_profile = {"MatMul", "Gemm"} <= set(prof.get("layout", {}).get("float_outputs", []))
     if prop and in_profile:  # the alternative row is the old behaviour (quantized outputs)
         worse = all(d <= t for _, d, t in prop)
-        L.append(f"- extra_options: MatMul/Gemm outputs quantized (the old behaviour) vs the default's float outputs "
-                 f"({fmt_v(prop)}) -> " + ("quantizing them is never better: keep `OpTypesToExcludeOutputQuantization = "
+        L.append(f"- layout: MatMul/Gemm outputs quantized (the old behaviour) vs the default's float outputs "
+                 f"({fmt_v(prop)}) -> " + ("quantizing them is never better: keep `float_outputs = "
                                            "[\"MatMul\", \"Gemm\"]`." if worse else "quantized outputs win somewhere: look at the tables."))
     elif prop and all(d >= -t for _, d, t in prop) and any(d > t for _, d, t in prop):
-        L.append(f"- extra_options: MatMul/Gemm with float outputs vs the default ({fmt_v(prop)}) -> never worse, better on "
+        L.append(f"- layout: MatMul/Gemm with float outputs vs the default ({fmt_v(prop)}) -> never worse, better on "
                  + ", ".join(n for n, d, t in prop if d > t) + ": add it (it is also faster: see ptq.md).")
-        changes.append("[quantization.extra_options]\nOpTypesToExcludeOutputQuantization = [\"MatMul\", \"Gemm\"]")
+        changes.append("[quantization.layout]\nfloat_outputs = [\"MatMul\", \"Gemm\"]")
     elif prop:
-        L.append(f"- extra_options: MatMul/Gemm with float outputs vs the default ({fmt_v(prop)}) -> not adopted.")
+        L.append(f"- layout: MatMul/Gemm with float outputs vs the default ({fmt_v(prop)}) -> not adopted.")
     if changes:
         L += ["", "Proposed change to `hw_profiles/cpu-x86-vnni.toml`:", "", "```toml", *changes, "```"]
     else:
@@ -376,7 +377,7 @@ def analysis(all_res: dict) -> list[str]:
     for name, r in all_res["models"].items():
         by = {c["name"]: c for c in r["configs"]}
         d = next((c for c in r["configs"] if c.get("default")), None)
-        prop = next((c for c in r["configs"] if c.get("extra_options")), None)
+        prop = next((c for c in r["configs"] if c.get("layout")), None)
         b = by.get(r.get("best_plain_ort"))
         if d and "metrics" in d and b:
             k = r["kind"]
@@ -500,7 +501,7 @@ def main(argv=None) -> int:
                       f"Python {platform.python_version()}, {os.cpu_count()} cores",
                "profile_defaults": {"calibration_method": prof.quant.calibration_method, "percentile": prof.quant.percentile,
                                     "per_channel": prof.quant.per_channel, "op_types": prof.quant.op_types,
-                                    "extra_options": prof.quant.extra_options, "source": prof.source, "sha256": prof.sha256},
+                                    "layout": dataclasses.asdict(prof.quant.layout), "source": prof.source, "sha256": prof.sha256},
                "profile_percentile": prof.quant.percentile if prof.quant.calibration_method == "percentile" else None,
                "settings": {k: v for k, v in vars(args).items()}, "models": {}}
     out = Path(args.out)

@@ -2,18 +2,18 @@
 
 >>> import onnxq
 >>> res = onnxq.quantize("model.onnx", mode="static", calibration="calib.npz")   # doctest: +SKIP
->>> print(res.fidelity)                                                           # doctest: +SKIP
+>>> print(res.fidelity, res.recipe.op_types)                                      # doctest: +SKIP
 
 Heavy dependencies load lazily: ``import onnxq`` pulls in neither onnxruntime nor torch.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-__all__ = ["quantize", "export", "load_profile", "make_plan", "OnnxqError", "__version__"]
+__version__ = "0.2.0"
+__all__ = ["quantize", "export", "load_profile", "resolve", "Recipe", "OnnxqError", "__version__"]
 
 from .errors import OnnxqError
-from .plan import make_plan
+from .plan import Recipe, resolve
 from .profiles import load_profile
 
 
@@ -25,7 +25,7 @@ def quantize(*args, **kwargs):
 
 
 def export(*args, **kwargs):
-    """See :func:`onnxq.export.export` (needs the torch extra)."""
-    from .export import export as _e
+    """See :func:`onnxq.torch_export.export` (needs the torch extra)."""
+    from .torch_export import export as _e
 
     return _e(*args, **kwargs)

@@ -1,14 +1,15 @@
-"""Atomic file writes (temp file in the destination folder + rename). Standard library only."""
+"""Files: atomic writes (temp file in the destination folder + rename), hashes and sizes. Standard library only."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "file_sha256", "size_with_data"]
 
 
 def _umask() -> int:
@@ -32,3 +33,18 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def size_with_data(path: str | os.PathLike) -> int:
+    """Bytes of a model file plus its ``NAME.data`` external-data file when there is one."""
+    path = Path(path)
+    side = path.with_name(path.name + ".data")
+    return path.stat().st_size + (side.stat().st_size if side.is_file() else 0)

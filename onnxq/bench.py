@@ -31,9 +31,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._fs import size_with_data
 from .calibration import InputSpec
 from .errors import InputError
 from .profiles import Profile, host_facts
+from .results import LatencyStats
 
 __all__ = [
     "LatencyStats",
@@ -58,51 +60,6 @@ _ORT_TYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Latency of one model at one batch size, in milliseconds; throughput in samples/s."""
-
-    batch: int
-    runs: int
-    warmup: int
-    median_ms: float
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    max_ms: float
-    p90_ms: float
-    p99_ms: float
-    throughput: float  # samples per second at the median latency
-
-    @classmethod
-    def from_times(cls, times_ms: Sequence[float], *, batch: int, warmup: int = 0) -> "LatencyStats":
-        """Summarise per-run times (ms). Percentiles interpolate linearly (numpy's default)."""
-        t = np.asarray(times_ms, dtype=np.float64)
-        if t.size == 0:
-            raise ValueError("no timed runs to summarise")
-        med = float(np.median(t))
-        return cls(
-            batch=int(batch),
-            runs=int(t.size),
-            warmup=int(warmup),
-            median_ms=med,
-            mean_ms=float(t.mean()),
-            std_ms=float(t.std(ddof=1)) if t.size > 1 else 0.0,
-            min_ms=float(t.min()),
-            max_ms=float(t.max()),
-            p90_ms=float(np.percentile(t, 90)),
-            p99_ms=float(np.percentile(t, 99)),
-            throughput=float(batch * 1000.0 / med) if med > 0 else float("inf"),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LatencyStats":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -351,12 +308,6 @@ def _labels(models: Sequence[str | os.PathLike]) -> list[str]:
     return out
 
 
-def _size(path: Path) -> int:
-    size = path.stat().st_size
-    side = path.with_name(path.name + ".data")
-    return size + (side.stat().st_size if side.is_file() else 0)
-
-
 def open_sessions(
     models: Sequence[str | os.PathLike], profile: Profile, *, threads: int | None, allow_fallback: bool
 ) -> list[tuple[Any, Any, float]]:
@@ -394,7 +345,7 @@ def bench(
     >>> [round(r.speedup, 2) for r in res.rows]                                                    # doctest: +SKIP
     [1.0, 2.1]
     """
-    from .ptq import resolve_profile
+    from .runtime import resolve_profile
 
     if not models:
         raise InputError("give at least one model to measure")
@@ -436,7 +387,7 @@ def bench(
                         label=labels[i], model=str(models[i]), batch=b, latency=st,
                         speedup=(base / st.median_ms) if base and st.median_ms > 0 else None,
                         providers_requested=list(info.requested), providers_active=list(info.active),
-                        fallback=bool(info.fallback), note=info.note, size_bytes=_size(Path(models[i])), load_s=load_s,
+                        fallback=bool(info.fallback), note=info.note, size_bytes=size_with_data(models[i]), load_s=load_s,
                     )
                 )
     finally:

@@ -2,7 +2,7 @@
 
 >>> from onnxq.calibration import CalibrationSet
 >>> calib = CalibrationSet.from_source("calib.npz", model)        # doctest: +SKIP
->>> ranges = collect_ranges(model, calib, plan, op_types=())        # doctest: +SKIP
+>>> report = collect_ranges(model, calib, method="percentile", percentile=99.999, op_types=("Conv",))  # doctest: +SKIP
 
 Memory stays bounded: one batch of intermediate outputs is alive at a time, and entropy /
 percentile use fixed-size histograms of |x| whose range doubles (merging bin pairs exactly) when a
@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 import onnx
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 __all__ = ["CalibrationSet", "InputSpec", "model_inputs", "collect_ranges", "RangeReport", "HUGE"]
 
@@ -101,7 +101,7 @@ class CalibrationSet:
         elif isinstance(source, Mapping):
             chunks, origin = [dict(source)], "in-memory mapping"
         elif isinstance(source, Iterable):
-            chunks, origin = _iter_chunks(source), "in-memory iterable"
+            chunks, origin = iter(source), "in-memory iterable"
         else:
             raise InputError(f"calibration data must be a path (.npz/.npy/directory) or an iterable of {{input_name: array}}, got {type(source).__name__}")
         return cls._build(chunks, specs, origin, limit)
@@ -168,11 +168,6 @@ class CalibrationSet:
         b = CalibrationSet({k: v[cut:] for k, v in self.arrays.items()}, self.specs, self.origin + " (held out)", self.notes)
         return a, b
 
-    def take(self, n: int) -> "CalibrationSet":
-        if n >= self.count:
-            return self
-        return CalibrationSet({k: v[:n] for k, v in self.arrays.items()}, self.specs, self.origin, self.notes)
-
     def batch_size(self, preferred: int = 16) -> int:
         fixed = [s.batch_fixed for s in self.specs if s.batch_fixed is not None]
         return fixed[0] if fixed else preferred
@@ -199,11 +194,6 @@ class CalibrationSet:
             h.update(str(a.dtype).encode() + str(a.shape).encode())
             h.update(a.tobytes())
         return h.hexdigest()
-
-
-def _iter_chunks(source: Iterable[Any]) -> Iterator[dict[str, Any]]:
-    for item in source:
-        yield item
 
 
 def _read_path(path: Path, specs: list[InputSpec]) -> Iterator[dict[str, Any]]:
@@ -505,7 +495,7 @@ def collect_ranges(
     try:
         sess = ort.InferenceSession(aug.SerializeToString(), so, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:
-        raise InputError(f"onnxruntime cannot run the model for calibration: {str(e).splitlines()[0]}") from e
+        raise InputError(f"onnxruntime cannot run the model for calibration: {first_line(e)}") from e
     out_names = [o.name for o in sess.get_outputs()]
     wanted = set(names)
     col = _Collector(method, num_bins)

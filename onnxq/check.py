@@ -5,8 +5,8 @@
 >>> [v.rule for v in violations]                                                      # doctest: +SKIP
 ['zero-point-zero']
 
-Rules come from the profile's data (activation/weight types, symmetry, per-channel, the
-onnxruntime extra options it records), not from per-profile code. Imports only onnx and numpy.
+Rules come from the profile's data (activation/weight types, symmetry, per-channel, its Q/DQ
+layout flags), not from per-profile code. Imports only onnx and numpy.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def check_model(model: onnx.ModelProto, profile: Profile, *, weight_type: str | 
     """
     q = profile.quant
     weight_qtype = weight_type or q.weight_type
-    opts = q.extra_options
+    layout = q.layout
     inits = {t.name: t for t in model.graph.initializer}
     # Constant nodes can carry zero points too (exporters write them so)
     for n in model.graph.node:
@@ -139,9 +139,9 @@ def check_model(model: onnx.ModelProto, profile: Profile, *, weight_type: str | 
                     if expected is not None and rank:
                         if (axis_attr % rank) != (expected % rank):
                             out.append(Violation("per-channel-axis", name, f"axis {axis_attr} on {user.op_type} weight, expected {expected % rank}"))
-            if opts.get("AddQDQPairToWeight") and dq.input[0] in inits:
+            if layout.weight_qdq_pair and dq.input[0] in inits:
                 out.append(Violation("weight-qdq-pair", name, "weight stored pre-quantized; profile wants float weight -> QuantizeLinear -> DequantizeLinear"))
-        if opts.get("DedicatedQDQPair"):
+        if layout.dedicated_qdq_pair:
             n_users = len(consumers.get(dq.output[0], []))
             if n_users > 1:
                 out.append(Violation("dedicated-qdq-pair", name, f"output feeds {n_users} consumers"))

@@ -5,7 +5,7 @@ Exit codes follow ruff: 0 success, 1 ran but a check failed, 2 usage or input er
 
 from __future__ import annotations
 
-__all__ = ["OnnxqError", "InputError", "ProfileError", "ProviderError", "CheckFailed"]
+__all__ = ["OnnxqError", "InputError", "ProfileError", "ProviderError", "CheckFailed", "first_line"]
 
 
 class OnnxqError(Exception):
@@ -30,3 +30,11 @@ class CheckFailed(OnnxqError):
     """The work ran, but a check (conformance, fidelity gate) failed."""
 
     exit_code = 1
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none), for one-line errors."""
+    for line in str(e).strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return type(e).__name__

@@ -1,19 +1,18 @@
-"""Loading models with clear errors, and writing files atomically (temp file + rename)."""
+"""Loading models with clear errors, their facts for the recipe, and writing them atomically (temp file + rename)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import onnx
 
 from ._fs import atomic_path
-from .errors import InputError
+from .errors import InputError, first_line
+from .plan import GraphFacts
 
-__all__ = ["load_model", "save_model", "atomic_path", "write_json", "file_sha256", "default_output"]
+__all__ = ["load_model", "save_model", "default_output", "graph_facts", "model_opset", "toposort"]
 
 PROTOBUF_LIMIT = 2**31 - 1
 
@@ -30,7 +29,8 @@ def load_model(path: str | os.PathLike, *, load_external: bool = True) -> onnx.M
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, RuntimeWarning or others on garbage
-        raise InputError(f"{path} is not a readable ONNX model ({type(e).__name__}); is the file truncated or of another format?") from e
+        raise InputError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)[:120]}); is the file "
+                         "truncated or of another format?") from e
     if not model.graph.node and not model.graph.output:
         raise InputError(f"{path} parsed but holds no graph; it is not an ONNX model (or it is corrupt)")
     has_external = any(
@@ -44,8 +44,7 @@ def load_model(path: str | os.PathLike, *, load_external: bool = True) -> onnx.M
     try:
         onnx.checker.check_model(model if model.ByteSize() < PROTOBUF_LIMIT else str(path))
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path} is not a valid ONNX model: {first}") from e
+        raise InputError(f"{path} is not a valid ONNX model: {first_line(e)}") from e
     return model
 
 
@@ -66,35 +65,6 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-    return path
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def default_output(model_path: str | os.PathLike, mode: str) -> Path:
     """``NAME.onnx`` -> ``NAME.int8.onnx`` (static/dynamic) or ``NAME.fp16.onnx``."""
     p = Path(model_path)
@@ -103,10 +73,20 @@ def default_output(model_path: str | os.PathLike, mode: str) -> Path:
     return p.with_name(f"{stem}.{tag}.onnx")
 
 
-def manifest_path(model_path: str | os.PathLike) -> Path:
-    p = Path(model_path)
-    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
-    return p.with_name(f"{stem}.onnxq.json")
+def model_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain (ai.onnx) opset."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def graph_facts(model: onnx.ModelProto) -> GraphFacts:
+    """What :func:`onnxq.plan.resolve` needs to know about ``model``."""
+    counts = Counter(n.op_type for n in model.graph.node)
+    return GraphFacts(
+        op_types=frozenset(counts),
+        opset=model_opset(model),
+        node_names=frozenset(n.name for n in model.graph.node if n.name),
+        op_counts=tuple(sorted(counts.items())),
+    )
 
 
 def toposort(graph: onnx.GraphProto) -> None:

@@ -1,143 +1,259 @@
-"""QuantPlan: the frozen, validated settings of one quantization run.
+"""The recipe: ONE frozen, complete description of a quantization run; every later stage is a function of it.
 
 >>> from onnxq.profiles import load_profile
->>> from onnxq.plan import make_plan
->>> plan = make_plan(load_profile("cpu-x86-vnni"), "static", method="entropy", per_channel=False)
->>> plan.method, plan.per_channel, plan.activation_type
-('entropy', False, 'uint8')
+>>> from onnxq.plan import GraphFacts, QuantizerCaps, Overrides, resolve
+>>> facts = GraphFacts(op_types=frozenset({"Conv", "Relu", "Gemm"}), opset=17, node_names=frozenset({"conv1"}))
+>>> caps = QuantizerCaps(static_ops=frozenset({"Conv", "Gemm", "Relu"}), dynamic_ops=frozenset({"Conv", "MatMul"}))
+>>> r = resolve(load_profile("cpu-x86-vnni"), facts, caps, Overrides(method="minmax", per_channel=False))
+>>> r.mode, r.calibration.method, r.per_channel, r.op_types, r.opset
+('static', 'minmax', False, ('Conv', 'Gemm', 'Relu'), 17)
 
-Profile defaults first, then explicit overrides (``None`` means "use the profile's value").
-Imports neither onnxruntime nor torch.
+``resolve(profile, graph facts, quantizer capabilities, overrides)`` is where each decision is
+made: the mode, the types as they will actually be written (an unsupported combination is an
+:class:`InputError` naming what is supported), the opset the output will have (and whether the model
+must be converted to reach it), the final op types and the reason for them, the nodes kept in
+float, the calibration settings and the Q/DQ layout. Later stages only read it;
+:meth:`Recipe.keep_in_float` returns a new recipe when calibration finds tensors that must stay
+float. Profile defaults first, then explicit overrides (``None`` means "use the profile's value").
+Imports neither onnxruntime nor torch (callers pass in what onnxruntime can quantize).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import difflib
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import InputError
-from .profiles import METHODS, MODES, Profile
+from .profiles import LayoutSpec, Profile
+from .vocab import DYNAMIC_WEIGHT_TYPES, FOUR_BIT, METHODS, MODES, WEIGHT_TYPES, percentile_problem, samples_problem
 
-__all__ = ["QuantPlan", "make_plan", "TRANSFORMER_OPS", "resolve_op_types"]
+__all__ = [
+    "Recipe", "CalibrationSpec", "GraphFacts", "QuantizerCaps", "Overrides", "resolve", "TRANSFORMER_OPS",
+    "DYNAMIC_OPS", "HOLDOUT",
+]
 
 # Op types whose presence marks a transformer-like graph (attention, layer norm).
 TRANSFORMER_OPS = frozenset({"Softmax", "LayerNormalization", "Attention", "MultiHeadAttention", "SkipLayerNormalization"})
-# What "auto" quantizes on such graphs: static QDQ of all ops collapsed MiniLM fidelity (DESIGN 5).
+# What "auto" quantizes statically on such graphs: static QDQ of all ops collapsed MiniLM fidelity (DESIGN 5).
 TRANSFORMER_STATIC_OPS = ("MatMul", "Gemm")
 DYNAMIC_OPS = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "GRU")
+HOLDOUT = 32  # calibration samples held out to measure fidelity against FP32
+NUM_BINS = 2048  # histogram bins per sign for entropy / percentile
 
 
 @dataclass(frozen=True)
-class QuantPlan:
+class GraphFacts:
+    """What the recipe needs to know about the model (see :func:`onnxq.modelio.graph_facts`)."""
+
+    op_types: frozenset[str]
+    opset: int
+    node_names: frozenset[str] = frozenset()
+    op_counts: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class QuantizerCaps:
+    """Which op types onnxruntime's quantizer can handle (see :func:`onnxq.ptq.quantizer_caps`)."""
+
+    static_ops: frozenset[str]
+    dynamic_ops: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Explicit choices of the caller; ``None`` keeps the profile's value."""
+
+    mode: str | None = None
+    method: str | None = None
+    percentile: float | None = None
+    calibration_samples: int | None = None
+    per_channel: bool | None = None
+    weight_type: str | None = None
+    reduce_range: bool | None = None
+    op_types: tuple[str, ...] | None = None
+    exclude_op_types: tuple[str, ...] | None = None
+    exclude_nodes: tuple[str, ...] | None = None
+    keep_io_types: bool = True
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    method: str
+    percentile: float
+    samples: int
+    num_bins: int = NUM_BINS
+    holdout: int = HOLDOUT
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a run writes, decided once (see the module docstring)."""
+
     mode: str
     profile: str
     profile_sha256: str
-    opset: int
-    activation_type: str
+    opset: int  # the opset the output model has
+    source_opset: int  # the input model's; the model is converted first when they differ
+    activation_type: str  # as written: uint8/int8 (static), uint8 (dynamic: DynamicQuantizeLinear), float16 (fp16)
     activation_symmetric: bool
-    weight_type: str
+    weight_type: str  # as written: int8/uint8/int4/uint4, or float16
     weight_symmetric: bool
     per_channel: bool
     reduce_range: bool
-    method: str
-    percentile: float
-    calibration_samples: int
-    op_types: str | tuple[str, ...]
-    exclude_op_types: tuple[str, ...]
-    exclude_nodes: tuple[str, ...]
-    extra_options: tuple[tuple[str, Any], ...]
-    keep_io_types: bool = True
-    num_bins: int = 2048
+    op_types: tuple[str, ...]  # the op types handed to onnxruntime's quantizer (empty for fp16)
+    op_types_reason: str
+    float_nodes: tuple[tuple[str, str], ...] = ()  # (node name, why) kept in float
+    calibration: CalibrationSpec | None = None  # static mode only
+    layout: LayoutSpec = field(default_factory=LayoutSpec)
+    keep_io_types: bool = True  # fp16: float32 inputs/outputs kept
+
+    @property
+    def needs_opset_conversion(self) -> bool:
+        return self.opset > self.source_opset
+
+    @property
+    def excluded_nodes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n for n, _ in self.float_nodes))
+
+    def keep_in_float(self, nodes: list[tuple[str, str]]) -> "Recipe":
+        """A new recipe that also keeps ``nodes`` ((name, why) pairs) in float."""
+        known = set(self.excluded_nodes)
+        extra = tuple((n, why) for n, why in nodes if n not in known)
+        return replace(self, float_nodes=self.float_nodes + extra) if extra else self
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["extra_options"] = dict(self.extra_options)
+        d["float_nodes"] = [{"node": n, "why": w} for n, w in self.float_nodes]
         return d
 
-    def with_op_types(self, op_types: tuple[str, ...]) -> "QuantPlan":
-        return replace(self, op_types=tuple(op_types))
+
+def _check(value: Any, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise InputError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
 
 
-def make_plan(
-    profile: Profile,
-    mode: str | None = None,
-    *,
-    method: str | None = None,
-    per_channel: bool | None = None,
-    op_types: list[str] | tuple[str, ...] | None = None,
-    exclude_op_types: list[str] | tuple[str, ...] | None = None,
-    exclude_nodes: list[str] | tuple[str, ...] | None = None,
-    calibration_samples: int | None = None,
-    percentile: float | None = None,
-    weight_type: str | None = None,
-    reduce_range: bool | None = None,
-    keep_io_types: bool = True,
-) -> QuantPlan:
-    """Merge a profile's defaults with explicit overrides into a validated plan."""
+def _did_you_mean(name: str, known: frozenset[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _opset(mode: str, weight_type: str, per_channel: bool, source: int) -> int:
+    """The opset the output needs: 21 for 4-bit QDQ, 13 for per-channel scales, 11 for any QDQ."""
+    if mode == "fp16":
+        return source
+    need = 21 if weight_type in FOUR_BIT else (13 if per_channel else 11)
+    return max(source, need)
+
+
+def _types(profile: Profile, mode: str, o: Overrides) -> tuple[str, str]:
+    """(activation type, weight type) as they will be written; unsupported combinations refused."""
     q = profile.quant
-    mode = mode or q.default_mode
-    if mode not in MODES:
-        raise InputError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
-    if mode not in q.modes:
-        raise InputError(
-            f"profile {profile.name!r} does not allow mode {mode!r} (allowed: {', '.join(q.modes)}); pick another "
-            "--mode or --profile"
+    if mode == "fp16":
+        if o.weight_type is not None:
+            raise InputError(f"--weight-type {o.weight_type} has no meaning with --mode fp16 (weights become float16)")
+        return "float16", "float16"
+    wtype = o.weight_type or q.weight_type
+    _check(wtype, WEIGHT_TYPES, "weight type")
+    if mode == "dynamic":
+        if wtype not in DYNAMIC_WEIGHT_TYPES:
+            raise InputError(
+                f"--mode dynamic writes {' or '.join(DYNAMIC_WEIGHT_TYPES)} weights (onnxruntime's dynamic quantizer has no "
+                f"{wtype} path); use --mode static for {wtype} weights (opset 21), or --weight-type int8"
+            )
+        return "uint8", wtype  # DynamicQuantizeLinear produces uint8 activations only
+    return q.activation_type, wtype
+
+
+def _op_types(profile: Profile, mode: str, facts: GraphFacts, caps: QuantizerCaps, o: Overrides) -> tuple[tuple[str, ...], str]:
+    """The op types handed to onnxruntime, and why."""
+    if mode == "fp16":
+        return (), "fp16: every float tensor converted" + ("; float32 inputs/outputs kept" if o.keep_io_types else "")
+    q = profile.quant
+    exclude = tuple(q.exclude_op_types if o.exclude_op_types is None else o.exclude_op_types)
+    can = caps.static_ops if mode == "static" else caps.dynamic_ops
+    if o.op_types is not None:
+        if not o.op_types:
+            raise InputError("--op-types is empty; name at least one ONNX op type (e.g. Conv,MatMul) or leave it out")
+        bad = [t for t in o.op_types if t not in can]
+        if bad:
+            raise InputError(
+                f"--op-types {', '.join(bad)}: onnxruntime cannot quantize that op type in {mode} mode"
+                f"{_did_you_mean(bad[0], can)}; it can: {', '.join(sorted(can))}"
+            )
+        if not set(o.op_types) & facts.op_types:
+            raise InputError(f"--op-types {', '.join(o.op_types)} matches no node of this model; its op types are "
+                             f"{', '.join(sorted(facts.op_types))}")
+        return tuple(t for t in o.op_types if t not in exclude), "op types given explicitly"
+    if q.op_types != "auto":
+        return tuple(t for t in q.op_types if t not in exclude), f"op types listed by profile {profile.name!r}"
+    if mode == "dynamic":
+        ops = tuple(t for t in DYNAMIC_OPS if t in facts.op_types and t not in exclude)
+        if not ops:
+            ops = tuple(sorted(caps.dynamic_ops - set(exclude)))
+        return ops, "dynamic mode quantizes weight-bearing ops (MatMul/Gemm/Conv/...)"
+    found = facts.op_types & TRANSFORMER_OPS
+    if found:
+        return tuple(t for t in TRANSFORMER_STATIC_OPS if t not in exclude), (
+            "transformer-like graph (found " + ", ".join(sorted(found)) + "): static quantization restricted to "
+            "MatMul/Gemm, since all-op static QDQ collapses embedding fidelity"
         )
-    method = method or q.calibration_method
-    if method not in METHODS:
-        raise InputError(f"unknown calibration method {method!r}; choose one of: {', '.join(METHODS)}")
-    samples = q.calibration_samples if calibration_samples is None else calibration_samples
-    if samples < 1:
+    return tuple(sorted(caps.static_ops - set(exclude))), "every op type onnxruntime can quantize" + (
+        " except " + ", ".join(exclude) if exclude else "")
+
+
+def _exclusions(facts: GraphFacts, o: Overrides) -> tuple[tuple[str, str], ...]:
+    names = tuple(o.exclude_nodes or ())
+    missing = [n for n in names if n not in facts.node_names]
+    if missing:
+        raise InputError(
+            f"--exclude-nodes {', '.join(missing)}: no node of that name in this model{_did_you_mean(missing[0], facts.node_names)}"
+            " (node names are listed by e.g. onnx.load(path).graph.node; unnamed nodes cannot be excluded by name)"
+        )
+    return tuple((n, "--exclude-nodes") for n in dict.fromkeys(names))
+
+
+def _calibration(profile: Profile, o: Overrides) -> CalibrationSpec:
+    q = profile.quant
+    method = o.method or q.calibration_method
+    _check(method, METHODS, "calibration method")
+    samples = q.calibration_samples if o.calibration_samples is None else o.calibration_samples
+    if samples_problem(samples):
         raise InputError(f"--calib-samples must be a positive integer, got {samples}")
-    pct = q.percentile if percentile is None else percentile
-    if not 50.0 < pct <= 100.0:
-        raise InputError(f"percentile must be in (50, 100], got {pct}")
-    wtype = weight_type or q.weight_type
-    opset = profile.opset
-    if wtype in ("int4", "uint4"):
-        opset = max(opset, 21)
-    resolved_ops: str | tuple[str, ...] = q.op_types if op_types is None else tuple(op_types)
-    if resolved_ops != "auto" and not resolved_ops:
-        raise InputError("--op-types is empty; name at least one ONNX op type (e.g. Conv,MatMul) or leave it out")
-    return QuantPlan(
+    pct = q.percentile if o.percentile is None else o.percentile
+    if percentile_problem(pct):
+        raise InputError(f"--percentile must be a number in (50, 100], got {pct}")
+    return CalibrationSpec(method=method, percentile=float(pct), samples=int(samples))
+
+
+def resolve(profile: Profile, facts: GraphFacts, caps: QuantizerCaps, overrides: Overrides | None = None) -> Recipe:
+    """Merge the profile's defaults, the caller's overrides and the model's facts into one recipe."""
+    o = overrides or Overrides()
+    q = profile.quant
+    mode = o.mode or q.default_mode
+    _check(mode, MODES, "mode")
+    if mode not in q.modes:
+        raise InputError(f"profile {profile.name!r} does not allow mode {mode!r} (allowed: {', '.join(q.modes)}); pick another "
+                         "--mode or --profile")
+    act, wtype = _types(profile, mode, o)
+    per_channel = False if mode == "fp16" else (q.per_channel if o.per_channel is None else bool(o.per_channel))
+    ops, reason = _op_types(profile, mode, facts, caps, o)
+    return Recipe(
         mode=mode,
         profile=profile.name,
         profile_sha256=profile.sha256,
-        opset=opset,
-        activation_type=q.activation_type,
-        activation_symmetric=q.activation_symmetric,
+        opset=_opset(mode, wtype, per_channel, facts.opset),
+        source_opset=facts.opset,
+        activation_type=act,
+        activation_symmetric=q.activation_symmetric if mode == "static" else False,
         weight_type=wtype,
-        weight_symmetric=q.weight_symmetric,
-        per_channel=q.per_channel if per_channel is None else per_channel,
-        reduce_range=q.reduce_range if reduce_range is None else reduce_range,
-        method=method,
-        percentile=pct,
-        calibration_samples=samples,
-        op_types=resolved_ops,
-        exclude_op_types=tuple(q.exclude_op_types if exclude_op_types is None else exclude_op_types),
-        exclude_nodes=tuple(exclude_nodes or ()),
-        extra_options=tuple(sorted(q.extra_options.items())),
-        keep_io_types=keep_io_types,
-    )
-
-
-def resolve_op_types(plan: QuantPlan, graph_op_types: set[str]) -> tuple[tuple[str, ...], str]:
-    """Turn ``op_types="auto"`` into a concrete list for this graph; returns (op_types, reason).
-
-    An empty tuple means "every op type onnxruntime can quantize".
-    """
-    if plan.op_types != "auto":
-        ops = tuple(o for o in plan.op_types if o not in plan.exclude_op_types)
-        return ops, "op types given explicitly"
-    if plan.mode == "dynamic":
-        ops = tuple(o for o in DYNAMIC_OPS if o in graph_op_types and o not in plan.exclude_op_types)
-        return ops, "dynamic mode quantizes weight-bearing ops (MatMul/Gemm/Conv/...)"
-    if graph_op_types & TRANSFORMER_OPS:
-        ops = tuple(o for o in TRANSFORMER_STATIC_OPS if o not in plan.exclude_op_types)
-        return ops, (
-            "transformer-like graph (found " + ", ".join(sorted(graph_op_types & TRANSFORMER_OPS)) + "): static "
-            "quantization restricted to MatMul/Gemm, since all-op static QDQ collapses embedding fidelity"
-        )
-    return (), "every op type onnxruntime can quantize" + (
-        " except " + ", ".join(plan.exclude_op_types) if plan.exclude_op_types else ""
+        weight_symmetric=q.weight_symmetric if mode != "fp16" else False,
+        per_channel=per_channel,
+        reduce_range=(q.reduce_range if o.reduce_range is None else bool(o.reduce_range)) if mode != "fp16" else False,
+        op_types=ops,
+        op_types_reason=reason,
+        float_nodes=_exclusions(facts, o),
+        calibration=_calibration(profile, o) if mode == "static" else None,
+        layout=q.layout if mode == "static" else LayoutSpec(),
+        keep_io_types=o.keep_io_types,
     )

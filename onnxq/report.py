@@ -29,29 +29,36 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def quant_summary_table(res: dict[str, Any]) -> str:
     """The table `onnxq quantize` prints: sizes, ops, fidelity per output, wall time."""
-    plan = res["plan"]
+    r = res["recipe"]
     settings = [
-        ["mode", res["mode"]],
-        ["profile", plan["profile"]],
+        ["mode", r["mode"]],
+        ["profile", r["profile"]],
         ["output", res["output"]],
     ]
-    if res["mode"] == "static":
+    if r["mode"] == "static":
+        cal = r["calibration"]
         settings += [
-            ["activations / weights", f"{plan['activation_type']}{' sym' if plan['activation_symmetric'] else ' asym'} / "
-             f"{plan['weight_type']} {'per-channel' if plan['per_channel'] else 'per-tensor'}"],
-            ["calibration", f"{plan['method']} on {res['calibration'].get('samples_used')} samples ({res['calibration'].get('source')})"],
+            ["activations / weights", f"{r['activation_type']}{' sym' if r['activation_symmetric'] else ' asym'} / "
+             f"{r['weight_type']} {'per-channel' if r['per_channel'] else 'per-tensor'}"],
+            ["calibration", f"{cal['method']} on {res['calibration'].get('samples_used')} samples ({res['calibration'].get('source')})"],
             ["preprocess", res.get("preprocess", "")],
         ]
-    elif res["mode"] == "dynamic":
-        settings.append(["weights", f"{plan['weight_type']} {'per-channel' if plan['per_channel'] else 'per-tensor'}"])
+    elif r["mode"] == "dynamic":
+        settings.append(["weights", f"{r['weight_type']} {'per-channel' if r['per_channel'] else 'per-tensor'}"])
+    if r["opset"] != r["source_opset"]:
+        settings.append(["opset", f"{r['source_opset']} -> {r['opset']} (converted: the types above need it)"])
+    ops_in_graph = [o for o in r["op_types"] if o in res["ops_before"]] or r["op_types"]
     settings += [
-        ["op types", (", ".join(res["op_types"]) or "all quantizable") + f"  ({res['op_types_reason']})"],
+        ["op types", (", ".join(ops_in_graph) or "none") + f"  ({r['op_types_reason']})"],
         ["size", f"{human_size(res['size_before'])} -> {human_size(res['size_after'])} ({res['size_after'] / max(res['size_before'], 1):.2f}x)"],
         ["nodes quantized / float", f"{res['quantized_nodes']} / {res['float_nodes']}"],
         ["validated on", ", ".join(res["validation"]["providers"]["active"]) + (" (FALLBACK)" if res["validation"]["providers"]["fallback"] else "")
          + f", {res['validation']['samples']} held-out samples"],
         ["wall time", f"{res['wall_s']:.2f} s"],
     ]
+    if r["float_nodes"]:
+        names = [f["node"] for f in r["float_nodes"]]
+        settings.insert(-4, ["kept in float", ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")])
     out = tabulate(settings, tablefmt="simple", disable_numparse=True)
     rows = []
     for name, f in res["fidelity"].items():

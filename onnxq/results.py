@@ -27,8 +27,9 @@ import datetime as _dt
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ._fs import atomic_path
 from .errors import InputError
@@ -43,6 +44,7 @@ __all__ = [
     "num",
     "atomic_target",
     "atomic_write",
+    "LatencyStats",
 ]
 
 SCHEMA = "onnxq.results/1"
@@ -54,6 +56,54 @@ _REQUIRED = {
     "compare": ("model", "profiles", "settings"),
     "report": ("sources",),
 }
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one model at one batch size, in milliseconds; throughput in samples/s."""
+
+    batch: int
+    runs: int
+    warmup: int
+    median_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    p90_ms: float
+    p99_ms: float
+    throughput: float  # samples per second at the median latency
+
+    @classmethod
+    def from_times(cls, times_ms: Sequence[float], *, batch: int, warmup: int = 0) -> "LatencyStats":
+        """Summarise per-run times (ms). Percentiles interpolate linearly (numpy's default)."""
+        import numpy as np
+
+        t = np.asarray(times_ms, dtype=np.float64)
+        if t.size == 0:
+            raise ValueError("no timed runs to summarise")
+        med = float(np.median(t))
+        return cls(
+            batch=int(batch),
+            runs=int(t.size),
+            warmup=int(warmup),
+            median_ms=med,
+            mean_ms=float(t.mean()),
+            std_ms=float(t.std(ddof=1)) if t.size > 1 else 0.0,
+            min_ms=float(t.min()),
+            max_ms=float(t.max()),
+            p90_ms=float(np.percentile(t, 90)),
+            p99_ms=float(np.percentile(t, 99)),
+            throughput=float(batch * 1000.0 / med) if med > 0 else float("inf"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LatencyStats":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
 
 
 def new_document(kind: str, **fields: Any) -> dict[str, Any]:

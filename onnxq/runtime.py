@@ -12,16 +12,18 @@ allows fallback, recorded in ``SessionInfo.fallback`` / ``.note`` for every resu
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import onnxruntime as ort
 
-from .errors import InputError, ProviderError
-from .profiles import Profile
+from .errors import InputError, ProviderError, first_line
+from .profiles import Profile, RuntimeSpec, auto_profile, load_profile
 
-__all__ = ["make_session", "SessionInfo", "available_providers", "required_providers"]
+__all__ = ["make_session", "SessionInfo", "available_providers", "required_providers", "resolve_profile", "ort_info", "cpu_profile",
+           "run_batches"]
 
 _OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -52,6 +54,22 @@ def available_providers() -> list[str]:
 def ort_info() -> dict[str, Any]:
     """onnxruntime's version, build providers and device, for result records."""
     return {"version": ort.__version__, "build_providers": available_providers(), "device": ort.get_device()}
+
+
+def resolve_profile(profile: str | Profile | None) -> tuple[Profile, str]:
+    """Load a profile by name/path, or pick one for this host with ``"auto"``; returns it and why."""
+    if isinstance(profile, Profile):
+        return profile, f"profile {profile.name!r}"
+    if profile in (None, "auto"):
+        return auto_profile(available_providers())
+    p = load_profile(profile)
+    return p, f"profile {p.name!r}"
+
+
+def cpu_profile(profile: Profile) -> Profile:
+    """``profile`` on onnxruntime's CPU provider alone, at full graph optimisation: for checks that are about
+    the CPU kernels by design (export parity, QAT's deployability and fusion), never for a measurement."""
+    return dataclasses.replace(profile, runtime=RuntimeSpec(providers=("CPUExecutionProvider",)))
 
 
 def required_providers(profile: Profile) -> list[str]:
@@ -100,8 +118,7 @@ def make_session(
     try:
         sess = ort.InferenceSession(src, so, providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"onnxruntime cannot load the model: {first}") from e
+        raise InputError(f"onnxruntime cannot load the model: {first_line(e)}") from e
     active = list(sess.get_providers())
     inactive = [p for p in required if p not in active]
     fallback = bool(inactive)

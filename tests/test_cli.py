@@ -30,7 +30,7 @@ def test_quantize_static_in_process_prints_table_and_json(cnn_model, capsys):
                              "--method", "entropy", "--no-per-channel", "-o", model.with_name("e.onnx"))
     assert code == 0
     res = json.loads(out)
-    assert res["plan"]["method"] == "entropy" and res["plan"]["per_channel"] is False
+    assert res["recipe"]["calibration"]["method"] == "entropy" and res["recipe"]["per_channel"] is False
     assert res["fidelity"]["logits"]["cosine"] > 0.99
 
 

@@ -17,7 +17,8 @@ from onnxq.compare import VARIANTS, compare, plan_variants, verdict
 from onnxq.errors import InputError
 from onnxq.evaluate import accuracy
 from onnxq.profiles import load_profile
-from onnxq.results import load_results
+from onnxq.results import LatencyStats, load_results
+from onnxq.verdict import ProfileResult, VariantResult
 
 FAST = ["--batch", "1,8", "--warmup", "1", "--runs", "3", "--threads", "1", "-q"]
 
@@ -29,14 +30,14 @@ def _v(name, kind, quality, speed=None, med=None, status="ok", label=None, size=
     d = {"name": name, "kind": kind, "label": label or name, "status": status, "quality": quality, "size_bytes": size}
     if speed is not None:
         d["speedup"] = {"32": speed}
-        d["latency"] = {"32": {"median_ms": med if med is not None else 10.0 / speed}}
+        d["latency"] = {"32": LatencyStats.from_times([med if med is not None else 10.0 / speed], batch=32).to_dict()}
     if error:
         d["error"] = error
     return d
 
 
 def _prof(*variants, note=None):
-    return {"primary_batch": 32, "variants": list(variants), "latency_note": note}
+    return ProfileResult("p", primary_batch=32, variants=[VariantResult.from_dict(v) for v in variants], latency_note=note)
 
 
 def test_verdict_ptq_within_budget_says_qat_not_needed():

@@ -19,7 +19,8 @@ torch = pytest.importorskip("torch")
 import onnxq  # noqa: E402
 from onnxq.cli import main  # noqa: E402
 from onnxq.errors import CheckFailed, InputError  # noqa: E402
-from onnxq.export import export, load_factory  # noqa: E402
+from onnxq.torch_export import export  # noqa: E402
+from onnxq.usercode import load_object as load_factory  # noqa: E402
 from onnxq.profiles import load_profile  # noqa: E402
 
 TINY_SRC = textwrap.dedent(

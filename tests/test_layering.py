@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "onnxq"
-TORCH_OK = {"export.py", "qat.py"}
-ORT_OK_PREFIX = ("ptq", "calibration", "runtime", "bench", "compare", "qat", "export", "commands")
+# DESIGN.md section 1, exactly: who may import torch, who may import onnxruntime.
+TORCH_IMPORTERS = {"torch_export.py"}  # plus everything under onnxq/qat/
+ORT_IMPORTERS = {"ptq.py", "calibration.py", "runtime.py"}
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -20,17 +21,41 @@ def imported_roots(path: Path) -> set[str]:
     return roots
 
 
-def test_only_export_and_qat_import_torch():
-    offenders = [p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py")
-                 if "torch" in imported_roots(p) and p.name not in TORCH_OK and "qat" not in p.parts
-                 and p.relative_to(PKG).as_posix() not in ("commands/qat.py", "commands/export.py")]
-    assert offenders == []
+def _importers(root: str) -> set[str]:
+    return {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if root in imported_roots(p)}
 
 
-def test_profiles_plan_report_check_import_neither_torch_nor_onnxruntime():
-    for name in ("profiles.py", "plan.py", "report.py", "errors.py", "check.py", "results.py"):
+def test_only_torch_export_and_qat_import_torch():
+    assert {p for p in _importers("torch") if not p.startswith("qat/")} <= TORCH_IMPORTERS
+
+
+def test_only_ptq_calibration_and_runtime_import_onnxruntime():
+    assert _importers("onnxruntime") == ORT_IMPORTERS
+
+
+def test_profiles_plan_manifest_report_import_neither_torch_nor_onnxruntime():
+    for name in ("profiles.py", "plan.py", "report.py", "errors.py", "check.py", "results.py", "manifest.py", "verdict.py",
+                 "vocab.py", "_fs.py", "usercode.py"):
         roots = imported_roots(PKG / name)
         assert not roots & {"torch", "onnxruntime"}, name
+
+
+def test_ruff_enforces_the_same_rules(tmp_path):
+    """The lint (run in .ci/run) refuses a banned import where the test above would."""
+    import shutil
+
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        import pytest
+
+        pytest.skip("ruff not installed (the test extra installs it)")
+    probe = PKG / "_layering_probe.py"
+    probe.write_text("import onnxruntime\nimport torch\n")
+    try:
+        r = subprocess.run([ruff, "check", "--select", "TID251", str(probe)], capture_output=True, text=True, cwd=PKG.parent)
+    finally:
+        probe.unlink()
+    assert r.returncode == 1 and r.stdout.count("TID251") == 2, r.stdout
 
 
 def test_report_path_runs_without_onnxruntime_or_torch():
@@ -41,8 +66,8 @@ def test_report_path_runs_without_onnxruntime_or_torch():
         "        if name.split('.')[0] in ('onnxruntime', 'torch'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import onnxq, onnxq.profiles, onnxq.plan, onnxq.report, onnxq.cli\n"
-        "p = onnxq.profiles.load_profile('tensorrt'); onnxq.plan.make_plan(p, 'static')\n"
+        "import onnxq, onnxq.profiles, onnxq.plan, onnxq.report, onnxq.cli, onnxq.manifest, onnxq.verdict\n"
+        "p = onnxq.profiles.load_profile('tensorrt')\n"
         "onnxq.cli.build_parser()\n"
         "print('ok')\n"
     )

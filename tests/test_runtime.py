@@ -5,7 +5,6 @@ import onnx
 import pytest
 
 import onnxq
-import onnxq.modelio as modelio
 import onnxq.runtime as runtime
 import tiny_models
 from onnxq.errors import InputError, ProviderError

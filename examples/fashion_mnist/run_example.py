@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxq
     from onnxq.evaluate import fidelity
-    from onnxq.ptq import resolve_profile
+    from onnxq.runtime import resolve_profile
     from onnxq.report import human_size
 
     t_start = time.perf_counter()

@@ -8,6 +8,7 @@ import json
 
 def register(sub) -> None:
     from ..cli import add_common
+    from ..vocab import WEIGHT_TYPES
 
     p = sub.add_parser(
         "check",
@@ -17,7 +18,7 @@ def register(sub) -> None:
     )
     p.add_argument("model", help="quantized .onnx model")
     p.add_argument("--profile", default="auto", help="profile name, .toml path, or auto (default)")
-    p.add_argument("--weight-type", choices=["int8", "uint8", "int4", "uint4"],
+    p.add_argument("--weight-type", choices=WEIGHT_TYPES,
                    help="expected weight type (default: the model's onnxq manifest if present, else the profile's)")
     add_common(p)
     p.set_defaults(func=run)
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..check import RULES, check_model
     from ..modelio import load_model
-    from ..ptq import resolve_profile
+    from ..runtime import resolve_profile
 
     prof, why = resolve_profile(args.profile)
     model = load_model(args.model)
@@ -47,16 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _manifest_weight_type(model_path: str) -> str | None:
-    """The weight type recorded in the model's onnxq manifest (NAME.onnxq.json), if it has one."""
-    from ..errors import InputError
-    from ..modelio import manifest_path
+    """The weight type recorded in the model's own onnxq manifest (NAME.onnxq.json), if it has one."""
+    from ..manifest import read_manifest, recorded_weight_type
 
-    path = manifest_path(model_path)
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"manifest {path} is unreadable ({e}); fix or remove it, or pass --weight-type") from e
-    plan = (doc.get("result") or {}).get("plan") or {} if isinstance(doc, dict) else {}
-    return plan.get("weight_type") if isinstance(plan, dict) else None
+    return recorded_weight_type(read_manifest(model_path))

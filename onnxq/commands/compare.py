@@ -14,7 +14,7 @@ def _csv(text: str) -> list[str]:
 
 def register(sub) -> None:
     from ..cli import add_common
-    from ..profiles import QTYPES
+    from ..vocab import COMPARE_METRICS, WEIGHT_TYPES
 
     p = sub.add_parser(
         "compare",
@@ -46,8 +46,8 @@ def register(sub) -> None:
     p.add_argument("--runs", type=int, default=30, metavar="R", help="timed runs per variant and batch (default: 30)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: the profile's)")
     p.add_argument("--budget", type=float, default=0.5, metavar="PTS", help="accuracy points a variant may lose vs FP32 (default: 0.5)")
-    p.add_argument("--metric", choices=["top1", "top5", "agreement", "cosine"], help="quality metric (default: top1 with labels, else top-1 agreement, else cosine)")
-    p.add_argument("--weight-type", choices=QTYPES,
+    p.add_argument("--metric", choices=list(COMPARE_METRICS), help="quality metric (default: top1 with labels, else top-1 agreement, else cosine)")
+    p.add_argument("--weight-type", choices=WEIGHT_TYPES,
                    help="weight type of the PTQ variants (default: the profile's), e.g. int4 to set PTQ against a QAT task "
                         "training int4 weights; int4 needs opset 21 and is not fused by the CPU provider")
     p.add_argument("--allow-fallback", action="store_true", help="measure latency on available providers when the profile's are missing (marked FALLBACK)")

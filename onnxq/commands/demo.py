@@ -15,6 +15,7 @@ DEFAULT_OUT = "onnxq-demo"
 
 def register(sub) -> None:
     from ..cli import add_common
+    from ..vocab import MODES
 
     p = sub.add_parser(
         "demo",
@@ -27,7 +28,7 @@ def register(sub) -> None:
         epilog="example: onnxq demo -o /tmp/demo --profile cpu-x86-avx2",
     )
     p.add_argument("--profile", default="auto", help="profile name, path to a .toml, or auto (default)")
-    p.add_argument("--mode", choices=["static", "dynamic", "fp16"], default="static", help="quantization mode (default: static)")
+    p.add_argument("--mode", choices=MODES, default="static", help="quantization mode (default: static)")
     p.add_argument("-o", "--output", metavar="OUTDIR", default=DEFAULT_OUT, help=f"folder for the models and manifest (default: ./{DEFAULT_OUT})")
     add_common(p)
     p.set_defaults(func=run)
@@ -76,9 +77,9 @@ def demo(outdir: str | Path = DEFAULT_OUT, *, profile: Any = "auto", mode: str =
 
     from ..errors import InputError
     from ..evaluate import accuracy, fidelity
-    from ..modelio import atomic_path
-    from ..ptq import quantize, resolve_profile
-    from ..runtime import make_session
+    from .._fs import atomic_path
+    from ..ptq import quantize
+    from ..runtime import make_session, resolve_profile
 
     out = Path(outdir)
     if out.exists() and not out.is_dir():
@@ -123,7 +124,7 @@ def demo(outdir: str | Path = DEFAULT_OUT, *, profile: Any = "auto", mode: str =
 def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from ..ptq import resolve_profile
+    from ..runtime import resolve_profile
     from ..report import human_size, quant_summary_table
 
     prof, why = resolve_profile(args.profile)

@@ -8,6 +8,7 @@ import sys
 
 def register(sub) -> None:
     from ..cli import add_common
+    from ..vocab import EVAL_METRICS
 
     p = sub.add_parser(
         "eval",
@@ -23,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, metavar="FILE.npz", help="inputs keyed by input name, plus labels")
     p.add_argument("--labels", metavar="KEY", help="key of the class labels in the .npz (default: 'labels' if present)")
     p.add_argument("--ref", metavar="FP32.onnx", help="reference model for fidelity (usually the FP32 original)")
-    p.add_argument("--metric", choices=["top1", "top5", "cosine", "mse"], help="headline metric (default: top1 with labels, else cosine)")
+    p.add_argument("--metric", choices=EVAL_METRICS, help="headline metric (default: top1 with labels, else cosine)")
     p.add_argument("--output-name", metavar="NAME", help="output holding the class scores (default: the first output)")
     p.add_argument("--profile", default="auto", help="profile name, path to a .toml, or auto (default)")
     p.add_argument("--allow-fallback", action="store_true", help="run even if a requested provider is not active (marked FALLBACK)")
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import host_info, session_inputs
     from ..errors import InputError
     from ..evaldata import eval_metrics, headline, load_eval_data, run_model
-    from ..ptq import resolve_profile
+    from ..runtime import resolve_profile
     from ..report import eval_table
     from ..results import dumps, new_document, write_results
     from ..runtime import make_session

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -55,22 +54,23 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..export import TORCH_INSTALL_HINT
+    import importlib.util
 
-    try:
-        import torch
-    except ImportError:
-        raise InputError(f"onnxq export needs PyTorch, which is not installed: {TORCH_INSTALL_HINT}") from None
-    from ..export import export
-    from ..ptq import resolve_profile
+    from ..errors import InputError
+    from ..results import dumps
+
+    if importlib.util.find_spec("torch") is None:
+        from ..torch_export import TORCH_INSTALL_HINT
+
+        raise InputError(f"onnxq export needs PyTorch, which is not installed: {TORCH_INSTALL_HINT}")
+    from ..runtime import resolve_profile
+    from ..torch_export import build_model, export, load_checkpoint, random_inputs
 
     out = Path(args.output)
-    model = build_model(args.factory, torch)
+    model = build_model(args.factory)
     if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, torch)
-    gen = torch.Generator().manual_seed(args.seed)
-    inputs = tuple(torch.randn(*s, generator=gen) for s in args.input_shapes)
+        load_checkpoint(model, args.checkpoint)
+    inputs = random_inputs(args.input_shapes, args.seed)
     prof, why = resolve_profile(args.profile)
     if not args.quiet and not args.json:
         print(f"onnxq: {why}", file=sys.stderr)
@@ -79,72 +79,10 @@ def run(args: argparse.Namespace) -> int:
         input_names=args.input_names, output_names=args.output_names, atol=args.atol, rtol=args.rtol,
     )
     if args.json:
-        print(json.dumps(res.to_dict(), default=str, indent=2))
+        sys.stdout.write(dumps(res.to_dict()))
     else:
         print(export_table(res.to_dict()))
     return 0
-
-
-def build_model(spec: str, torch):
-    """Resolve MODULE:FACTORY to an nn.Module (calling the factory with no arguments)."""
-    from ..errors import InputError
-    from ..export import load_factory
-
-    obj = load_factory(spec)
-    if isinstance(obj, torch.nn.Module):
-        return obj
-    if not callable(obj):
-        raise InputError(f"{spec} is a {type(obj).__name__}, not a factory function or an nn.Module")
-    try:
-        model = obj()
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise InputError(f"calling {spec}() failed: {type(e).__name__}: {first}; the factory must build the model with no arguments") from e
-    if not isinstance(model, torch.nn.Module):
-        raise InputError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
-def load_checkpoint(model, path: str, torch) -> None:
-    """Load a state_dict (or {'state_dict': ...} / {'model': ...}) strictly, with one-line errors."""
-    from ..errors import InputError
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"checkpoint {p} does not exist; check the path")
-    try:
-        obj = torch.load(p, weights_only=True, map_location="cpu")
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot read checkpoint {p} with torch.load(weights_only=True): {first[:200]}") from e
-    if isinstance(obj, dict) and not _is_state_dict(obj):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not _is_state_dict(obj):
-        raise InputError(f"checkpoint {p} holds a {type(obj).__name__}, not a state_dict; save it with torch.save(model.state_dict(), path)")
-    own = model.state_dict()
-    if own and not any(k in own for k in obj) and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}  # saved from DataParallel/DDP
-    missing = [k for k in own if k not in obj]
-    unexpected = [k for k in obj if k not in own]
-    mismatched = [f"{k} {list(obj[k].shape)} vs {list(own[k].shape)}" for k in own if k in obj and tuple(obj[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if items:
-                parts.append(f"{len(items)} {label} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})")
-        raise InputError(f"checkpoint {p} does not fit the model: {'; '.join(parts)}; is it from another model or factory?")
-    model.load_state_dict(obj, strict=True)
-
-
-def _is_state_dict(obj: dict) -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
 def export_table(res: dict) -> str:

@@ -10,6 +10,7 @@ import sys
 
 def register(sub) -> None:
     from ..cli import add_common
+    from ..vocab import QAT_WEIGHT_TYPES
 
     p = sub.add_parser(
         "qat",
@@ -27,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="QAT epochs (default: the task's)")
     p.add_argument("--lr", type=float, default=None, help="QAT learning rate (default: the task's)")
     p.add_argument("--calib", metavar="PATH", help="calibration data (.npz keyed by input name, .npy, directory); default: the task's")
-    p.add_argument("--weight-type", choices=["int8", "int4"], help="weight type (int4: QDQ opset 21; size, not CPU speed)")
+    p.add_argument("--weight-type", choices=QAT_WEIGHT_TYPES, help="weight type (int4: QDQ opset 21; size, not CPU speed)")
     pc = p.add_mutually_exclusive_group()
     pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=None, help="per-channel weight scales")
     pc.add_argument("--no-per-channel", dest="per_channel", action="store_false", help="per-tensor weight scales")
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("torch") is None:
         raise InputError("onnxq qat needs PyTorch: pip install torch==2.13.0 (a plain 'pip install torch' pulls a multi-GB CUDA build)")
-    from ..ptq import resolve_profile
+    from ..runtime import resolve_profile
     from ..qat.task import run_task
 
     prof, why = resolve_profile(args.profile)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -13,6 +12,7 @@ def _csv(text: str) -> list[str]:
 
 def register(sub) -> None:
     from ..cli import add_common
+    from ..vocab import METHODS, MODES, WEIGHT_TYPES
 
     p = sub.add_parser(
         "quantize",
@@ -25,17 +25,17 @@ def register(sub) -> None:
         epilog="example: onnxq quantize model.onnx --mode static --calib calib.npz --profile cpu-x86-vnni",
     )
     p.add_argument("model", help="FP32 .onnx model")
-    p.add_argument("--mode", choices=["static", "dynamic", "fp16"], default=None, help="default: the profile's default mode (static on CPU profiles)")
+    p.add_argument("--mode", choices=MODES, default=None, help="default: the profile's default mode (static on CPU profiles)")
     p.add_argument("--profile", default="auto", help="profile name, path to a .toml, or auto (default): see `onnxq profiles`")
     p.add_argument("--calib", metavar="PATH", help=".npz keyed by input name, .npy (single input) or a directory of them")
     p.add_argument("--calib-samples", type=int, metavar="N", help="calibration samples to use (default: profile's)")
     p.add_argument("--calib-random", type=int, metavar="N", help="calibrate on N random samples: smoke tests only, NOT representative")
-    p.add_argument("--method", choices=["minmax", "entropy", "percentile"], help="calibration method (default: profile's)")
+    p.add_argument("--method", choices=METHODS, help="calibration method (default: profile's)")
     p.add_argument("--percentile", type=float, help="percentile for --method percentile (default: profile's)")
     pc = p.add_mutually_exclusive_group()
     pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=None, help="per-channel weight scales")
     pc.add_argument("--no-per-channel", dest="per_channel", action="store_false", help="per-tensor weight scales")
-    p.add_argument("--weight-type", choices=["int8", "uint8", "int4", "uint4"], help="weight type (int4 needs opset 21; size, not CPU speed)")
+    p.add_argument("--weight-type", choices=WEIGHT_TYPES, help="weight type (int4 needs opset 21; size, not CPU speed)")
     p.add_argument("--op-types", type=_csv, metavar="A,B", help="quantize only these op types (default: profile's; auto restricts transformers to MatMul,Gemm)")
     p.add_argument("--exclude-op-types", type=_csv, metavar="A,B", help="keep these op types in float")
     p.add_argument("--exclude-nodes", type=_csv, metavar="N1,N2", help="keep these node names in float")
@@ -46,8 +46,10 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..ptq import quantize, resolve_profile
+    from ..ptq import quantize
+    from ..runtime import resolve_profile
     from ..report import quant_summary_table
+    from ..results import dumps
 
     if args.calib and args.calib_random:
         raise InputError("give either --calib or --calib-random, not both")
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         **({"percentile": args.percentile} if args.percentile is not None else {}),
     )
     if args.json:
-        print(json.dumps(res.to_dict(), default=str, indent=2))
+        sys.stdout.write(dumps(res.to_dict()))
     else:
         for w in res.warnings:
             print(f"onnxq: warning: {w}", file=sys.stderr)

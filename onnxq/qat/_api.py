@@ -29,27 +29,23 @@ import numpy as np
 import onnx
 
 from .. import __version__
-from ..calibration import CalibrationSet, collect_ranges
-from ..errors import CheckFailed, InputError
+from .._fs import atomic_path
+from ..calibration import CalibrationSet
+from ..errors import CheckFailed, InputError, first_line
 from ..evaluate import fidelity
-from ..modelio import atomic_path, file_sha256, manifest_path, write_json
-from ..plan import QuantPlan, make_plan, resolve_op_types
+from ..manifest import manifest_path, new_manifest, write_manifest
+from ..modelio import graph_facts
+from ..plan import HOLDOUT, Overrides, Recipe, resolve
 from ..profiles import Profile
-from ..ptq import (
-    HOLDOUT,
-    calibration_op_types,
-    ensure_node_names,
-    float_tensor_exclusions,
-    preprocess,
-    quantize_with_ranges,
-    resolve_profile,
-)
+from ..ptq import calibrate, ensure_node_names, float_nodes_for, preprocess, quantizer_caps, write_qdq
+from ..runtime import cpu_profile, make_session, resolve_profile
+from ..vocab import QAT_WEIGHT_TYPES
 from ._placement import average_pool_windows, place, producer_bounds, range_rules
 
 __all__ = ["prepare", "export", "QATState", "QATExportResult", "is_prepared", "SUPPORTED_WEIGHT_TYPES"]
 
 log = logging.getLogger("onnxq")
-SUPPORTED_WEIGHT_TYPES = ("int8", "int4")
+SUPPORTED_WEIGHT_TYPES = QAT_WEIGHT_TYPES
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "QLinearAdd", "QLinearMul",
                    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat",
                    "QLinearSoftmax", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "FusedMatMulInteger")
@@ -61,15 +57,12 @@ class QATState:
     """What ``prepare`` decided; kept on the prepared module as ``module.onnxq_qat``."""
 
     profile: Profile
-    plan: QuantPlan
-    op_types: tuple[str, ...]
-    op_types_reason: str
+    recipe: Recipe
     opset: int
     input_names: list[str]
     output_names: list[str]
     input_shapes: list[tuple[int, ...]]
     float_signature: list[tuple[str, str]]
-    exclude_nodes: list[str]
     calib_ranges: dict[str, tuple[float, float]]
     layout_signature: tuple
     groups: list[list[str]]
@@ -93,7 +86,7 @@ class QATExportResult:
     manifest: Path | None
     fp32_output: Path | None
     profile: str
-    plan: dict[str, Any]
+    recipe: dict[str, Any]
     quantized_tensors: int
     shared_groups: int
     weights: dict[str, dict[str, Any]]
@@ -115,14 +108,9 @@ class QATExportResult:
 
 
 def _torch():
-    from ..export import require_torch
+    from ..torch_export import require_torch
 
     return require_torch()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def is_prepared(model: Any) -> bool:
@@ -171,17 +159,18 @@ def _calibration_source(calibration: Any, input_names: list[str]) -> Any:
     return items()
 
 
-def _check_scheme(plan: QuantPlan, prof: Profile) -> None:
-    if plan.weight_type not in SUPPORTED_WEIGHT_TYPES or not plan.weight_symmetric:
+def _check_scheme(prof: Profile, weight_type: str | None) -> None:
+    """What QAT can express (before any work): signed symmetric weights, 8-bit activations, QDQ."""
+    q = prof.quant
+    wtype = weight_type or q.weight_type
+    if wtype not in SUPPORTED_WEIGHT_TYPES or not q.weight_symmetric:
         raise InputError(
-            f"profile {prof.name!r} asks for {'symmetric' if plan.weight_symmetric else 'asymmetric'} {plan.weight_type} weights, "
+            f"profile {prof.name!r} asks for {'symmetric' if q.weight_symmetric else 'asymmetric'} {wtype} weights, "
             f"which onnxq.qat cannot express: QAT supports signed symmetric weights ({', '.join(SUPPORTED_WEIGHT_TYPES)}); "
             "use another profile or weight_type='int8'"
         )
-    if plan.activation_type not in ("uint8", "int8"):
-        raise InputError(f"profile {prof.name!r} asks for {plan.activation_type} activations; QAT supports uint8 and int8")
-    if prof.quant.format != "qdq":
-        raise InputError(f"profile {prof.name!r} uses format {prof.quant.format!r}; QAT writes QDQ models only")
+    if "static" not in q.modes:
+        raise InputError(f"profile {prof.name!r} does not allow static quantization, which QAT's output is")
 
 
 def _output_names(gm, inputs, given: list[str] | None, torch) -> list[str]:
@@ -261,9 +250,11 @@ def prepare(
         raise InputError(f"averaging must be in (0, 1], got {averaging}")
     inputs = _as_inputs(example_inputs, torch)
     prof, _why = resolve_profile(profile)
-    plan = make_plan(prof, "static", weight_type=weight_type, per_channel=per_channel, op_types=op_types,
-                     exclude_op_types=exclude_op_types, calibration_samples=calibration_samples)
-    _check_scheme(plan, prof)
+    _check_scheme(prof, weight_type)
+    overrides = Overrides(mode="static", weight_type=weight_type, per_channel=per_channel,
+                          op_types=tuple(op_types) if op_types is not None else None,
+                          exclude_op_types=tuple(exclude_op_types) if exclude_op_types is not None else None,
+                          calibration_samples=calibration_samples)
     was_training = model.training
     traced = build_graph(model, inputs)
     gm, probes = traced.module, traced.probes
@@ -279,26 +270,24 @@ def prepare(
     with tempfile.TemporaryDirectory(prefix="onnxq.qat.") as tmpd:
         tmp = Path(tmpd)
         P, probe_tensor, pre_label = _float_graph(gm, probes, inputs, in_names, out_names, opset, tmp)
-        calib_all = CalibrationSet.from_source(_calibration_source(calibration, in_names), P, limit=plan.calibration_samples + HOLDOUT)
+        recipe = resolve(prof, graph_facts(P), quantizer_caps(), overrides)
+        calib_all = CalibrationSet.from_source(_calibration_source(calibration, in_names), P,
+                                               limit=recipe.calibration.samples + HOLDOUT)
         calib, holdout = calib_all.split(HOLDOUT)
-        resolved_ops, reason = resolve_op_types(plan, {n.op_type for n in P.graph.node})
-        report = collect_ranges(
-            P, calib, method=plan.method, percentile=plan.percentile, op_types=calibration_op_types(plan, resolved_ops),
-            num_bins=plan.num_bins, progress=progress,
-        )
-        excl = float_tensor_exclusions(P, report.float_tensors)
+        report = calibrate(P, recipe, calib, progress=progress)
         if report.float_tensors:
             warns.append("kept in float around non-finite calibration tensors: " + ", ".join(list(report.float_tensors)[:3]))
-        qmodel, layout, excl, place_warns, probes_of, weight_owner = place(
-            P, probe_tensor, probes, gm, plan, resolved_ops, excl, report.ranges, tmp, traced.qat_layers,
+        recipe = recipe.keep_in_float(float_nodes_for(P, report))
+        qmodel, layout, recipe, place_warns, probes_of, weight_owner = place(
+            P, probe_tensor, probes, gm, recipe, report.ranges, tmp, traced.qat_layers,
         )
         warns.extend(place_warns)
-        _check_runs(qmodel, plan, tmp)
+        _check_runs(qmodel, recipe, prof)
     # -- switch on the probes onnxruntime's placement asks for -------------------------------------
     for p in probes:
         p.mode = "off"
         object.__setattr__(p, "_source", None)
-    links, softmax = range_rules(P, plan, tuple(resolved_ops), excl)
+    links, softmax = range_rules(P, recipe)
     group_of = {t: g[0] for g in layout.groups for t in g}
     group_owner: dict[str, int] = {}
 
@@ -320,7 +309,7 @@ def prepare(
         if provider in softmax:
             lo, hi = 0.0, 1.0
         owner.configure(
-            plan.activation_type, symmetric=plan.activation_symmetric, lo=lo, hi=hi,
+            recipe.activation_type, symmetric=recipe.activation_symmetric, lo=lo, hi=hi,
             learnable=ranges == "learnable" and not fixed, freeze_after=0 if fixed else freeze_after,
             averaging=averaging, tensor=provider, bounds=producer_bounds(P, provider),
         )
@@ -353,12 +342,12 @@ def prepare(
             warns.append(f"kept in float: {path} ({traced.qat_layers[path]}): onnxruntime does not quantize it with this profile's op types")
             continue
         info = infos[0]
-        if info.qtype != plan.weight_type:
-            raise CheckFailed(f"onnxruntime quantized {path} to {info.qtype}, expected {plan.weight_type}")
+        if info.qtype != recipe.weight_type:
+            raise CheckFailed(f"onnxruntime quantized {path} to {info.qtype}, expected {recipe.weight_type}")
         expected_axis = {"Conv": 0, "Gemm": 0, "MatMul": 1}.get(info.op_type)
         if info.per_channel and info.axis != expected_axis:
             raise CheckFailed(f"onnxruntime quantized {path} per channel along axis {info.axis}, not the output channel")
-        mod.wq.configure(plan.weight_type, per_channel=info.per_channel, reduce_range=plan.reduce_range)
+        mod.wq.configure(recipe.weight_type, per_channel=info.per_channel, reduce_range=recipe.reduce_range)
         node = next((n for n in P.graph.node if n.name == info.node), None)
         if node is not None and node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
             for group in layout.groups:
@@ -367,13 +356,13 @@ def prepare(
         weights[path] = {"layer": traced.qat_layers[path], "onnx_node": info.node, "type": info.qtype,
                          "per_channel": info.per_channel}
     state = QATState(
-        profile=prof, plan=plan, op_types=tuple(resolved_ops), op_types_reason=reason, opset=opset,
+        profile=prof, recipe=recipe, opset=opset,
         input_names=in_names, output_names=out_names, input_shapes=traced.input_shapes,
-        float_signature=_signature(P), exclude_nodes=list(excl), calib_ranges=dict(report.ranges),
+        float_signature=_signature(P), calib_ranges=dict(report.ranges),
         layout_signature=layout.signature(), groups=layout.groups, probe_tensor=dict(probe_tensor),
         group_owner=group_owner, weights=weights, float_layers=dict(traced.float_layers), folded=traced.folded,
         warnings=_dedupe(warns),
-        calibration={"source": calib.origin, "samples": report.samples, "method": plan.method, "preprocess": pre_label,
+        calibration={"source": calib.origin, "samples": report.samples, "method": recipe.calibration.method, "preprocess": pre_label,
                      "held_out": holdout.count if holdout is not calib else 0},
         holdout={k: v[:64] for k, v in holdout.arrays.items()},
         options={"ranges": ranges, "freeze_after": freeze_after, "averaging": averaging},
@@ -391,18 +380,16 @@ def _dedupe(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _check_runs(qmodel: onnx.ModelProto, plan: QuantPlan, tmp: Path) -> None:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+def _check_runs(qmodel: onnx.ModelProto, recipe: Recipe, prof: Profile) -> None:
+    """QAT refuses a model it could not deploy: onnxruntime's CPU provider must load it."""
     try:
-        ort.InferenceSession(qmodel.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
+        make_session(qmodel.SerializeToString(), cpu_profile(prof), allow_fallback=True)
+    except InputError as e:
+        cause = first_line(e.__cause__) if e.__cause__ is not None else str(e)
         raise InputError(
-            f"onnxruntime cannot run this model with {plan.weight_type} weights ({_first_line(e)}); QAT refuses a model it "
-            "could not deploy: use weight_type='int8'" if plan.weight_type != "int8" else
-            f"onnxruntime cannot run the quantized model: {_first_line(e)}"
+            f"onnxruntime cannot run this model with {recipe.weight_type} weights ({cause}); QAT refuses a model it "
+            "could not deploy: use weight_type='int8'" if recipe.weight_type != "int8" else
+            f"onnxruntime cannot run the quantized model: {cause}"
         ) from e
 
 
@@ -426,19 +413,12 @@ def _torch_outputs(gm, feeds: dict[str, np.ndarray], state: QATState, torch, bat
     return [np.concatenate(o) for o in outs]
 
 
-def _ort_outputs(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:
-    import onnxruntime as ort
+def _ort_outputs(model: str, feeds: dict[str, np.ndarray], prof: Profile, batch: int = 64) -> list[np.ndarray]:
+    from ..runtime import run_batches
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    src = model if isinstance(model, str) else model.SerializeToString()
-    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    sess, _ = make_session(model, cpu_profile(prof), allow_fallback=True)
     n = len(next(iter(feeds.values())))
-    outs: list[list[np.ndarray]] = [[] for _ in sess.get_outputs()]
-    for s in range(0, n, batch):
-        res = sess.run(None, {k: v[s : s + batch] for k, v in feeds.items()})
-        for i, r in enumerate(res):
-            outs[i].append(r)
+    outs = run_batches(sess, ({k: v[s : s + batch] for k, v in feeds.items()} for s in range(0, n, batch)))
     return [np.concatenate(o) for o in outs]
 
 
@@ -447,20 +427,14 @@ def _torch_vs_ort(gm, qmodel, state: QATState, torch, feeds: dict[str, np.ndarra
     if not feeds:
         return {}
     ref = _torch_outputs(gm, feeds, state, torch)
-    got = _ort_outputs(qmodel, feeds)
+    got = _ort_outputs(qmodel if isinstance(qmodel, str) else qmodel.SerializeToString(), feeds, state.profile)
     return {name: fidelity(r, g) for name, r, g in zip(state.output_names, ref, got)}
 
 
-def _fusion(path: Path, tmp: Path) -> tuple[dict[str, int], dict[str, int]]:
+def _fusion(path: Path, tmp: Path, prof: Profile) -> tuple[dict[str, int], dict[str, int]]:
     """(integer-kernel counts, float compute nodes fed by DequantizeLinear) in onnxruntime's optimized graph."""
-    import onnxruntime as ort
-
     opt = tmp / "optimized.onnx"
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.optimized_model_filepath = str(opt)
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    make_session(path, cpu_profile(prof), allow_fallback=True, optimized_model_path=str(opt))
     m = onnx.load(str(opt))
     producer = {o: n for n in m.graph.node for o in n.output}
     ints = Counter(n.op_type for n in m.graph.node if n.op_type in INTEGER_KERNELS)
@@ -519,7 +493,7 @@ def export(
     fp32_out = Path(fp32_path) if fp32_path else None
     if fp32_out is not None and fp32_out.resolve() == out.resolve():
         raise InputError("fp32_path and path are the same file; choose two names")
-    plan = state.plan
+    recipe = state.recipe
     with tempfile.TemporaryDirectory(prefix="onnxq.qat.") as tmpd:
         tmp = Path(tmpd)
         P, probe_tensor, _ = _float_graph(model, probes, inputs, state.input_names, state.output_names, state.opset, tmp)
@@ -542,14 +516,14 @@ def export(
                                  "steps": int(owner.steps), "frozen": owner.frozen}
         with contextlib.ExitStack() as stack:
             tmp_out = stack.enter_context(atomic_path(out))
-            quantize_with_ranges(P, ranges, plan, state.op_types, list(state.exclude_nodes), tmp_out, tmp)
+            write_qdq(P, ranges, recipe, tmp_out, tmp)
             from ._onnx import read_layout
 
             qmodel = onnx.load(str(tmp_out))
             try:
                 onnx.checker.check_model(qmodel)
             except onnx.checker.ValidationError as e:
-                raise CheckFailed(f"the QAT model failed onnx.checker: {_first_line(e)}; nothing was written") from e
+                raise CheckFailed(f"the QAT model failed onnx.checker: {first_line(e)}; nothing was written") from e
             layout = read_layout(qmodel, P)
             if layout.signature() != state.layout_signature:
                 raise CheckFailed("onnxruntime placed Q/DQ differently than at prepare(); nothing was written")
@@ -565,41 +539,42 @@ def export(
                 vset = CalibrationSet.from_source(_calibration_source(validation, state.input_names), P)
                 feeds = vset.arrays
             fid = _torch_vs_ort(model, str(tmp_out), state, torch, feeds)
-            ints, floats = _fusion(tmp_out, tmp)
+            ints, floats = _fusion(tmp_out, tmp, state.profile)
             if fp32_out is not None:
                 tmp_fp32 = stack.enter_context(atomic_path(fp32_out))
                 onnx.save_model(P, str(tmp_fp32))
             size = tmp_out.stat().st_size
         # both files are in place now (renamed on leaving the ExitStack)
     warns = list(state.warnings)
-    if plan.weight_type == "int4":
+    if recipe.weight_type == "int4":
         warns.append("int4 weights buy size, not CPU speed: onnxruntime runs them as DequantizeLinear -> float Conv/Gemm")
     res = QATExportResult(
         output=out, manifest=manifest_path(out) if manifest else None, fp32_output=fp32_out, profile=state.profile.name,
-        plan=plan.to_dict(), quantized_tensors=len(layout.tensors), shared_groups=sum(1 for g in layout.groups if len(g) > 1),
-        weights=state.weights, float_layers=state.float_layers, exclude_nodes=list(state.exclude_nodes),
+        recipe=recipe.to_dict(), quantized_tensors=len(layout.tensors), shared_groups=sum(1 for g in layout.groups if len(g) > 1),
+        weights=state.weights, float_layers=state.float_layers, exclude_nodes=list(recipe.excluded_nodes),
         ops_after=dict(Counter(n.op_type for n in qmodel.graph.node)), fused={"integer": ints, "float_after_dq": floats},
         fidelity_vs_torch=fid, ranges=learned, size=size, wall_s=time.perf_counter() - t0, warnings=warns,
     )
     if manifest:
-        write_json(_manifest(res, state, torch), res.manifest)
+        write_manifest(_manifest(res, state, torch), res.manifest)
     return res
 
 
 def _manifest(res: QATExportResult, state: QATState, torch) -> dict[str, Any]:
-    import onnxruntime
+    from .._fs import file_sha256
+    from ..runtime import ort_info
 
     prof = state.profile
-    return {
-        "schema": "onnxq.manifest/1",
-        "kind": "qat",
-        "versions": {"onnxq": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                     "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
-        "output": {"path": str(res.output), "sha256": file_sha256(res.output)},
-        "fp32": {"path": str(res.fp32_output), "sha256": file_sha256(res.fp32_output)} if res.fp32_output else None,
-        "profile": {"name": prof.name, "sha256": prof.sha256, "source": prof.source},
-        "qat": {"calibration": state.calibration, "options": state.options, "folded_batchnorm": state.folded,
-                "op_types": list(state.op_types), "op_types_reason": state.op_types_reason,
-                "initial_fidelity_vs_onnxruntime": state.initial_fidelity},
-        "result": res.to_dict(),
-    }
+    body = res.to_dict()
+    recipe = body.pop("recipe")
+    return new_manifest(
+        "qat", res.output,
+        versions={"onnxq": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": ort_info()["version"], "numpy": np.__version__},
+        fp32={"path": str(res.fp32_output), "sha256": file_sha256(res.fp32_output)} if res.fp32_output else None,
+        profile={"name": prof.name, "sha256": prof.sha256, "source": prof.source},
+        recipe=recipe,
+        qat={"calibration": state.calibration, "options": state.options, "folded_batchnorm": state.folded,
+             "initial_fidelity_vs_onnxruntime": state.initial_fidelity},
+        result=body,
+    )

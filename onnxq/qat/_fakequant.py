@@ -325,6 +325,11 @@ class WeightQuant(nn.Module):
         w_hat = (q - zpf) * scale
         return w + (w_hat - w).detach()
 
+    def extra_repr(self) -> str:
+        if not self.enabled:
+            return "off (float weights)"
+        return f"{self.qtype} symmetric {'per-channel' if self.per_channel else 'per-tensor'}{' reduce_range' if self.reduce_range else ''}"
+
 
 def _quant_bias(layer: nn.Module, bias: torch.Tensor | None) -> torch.Tensor | None:
     """int32 bias with scale input_scale * weight_scale, as onnxruntime writes Conv/Gemm biases."""
@@ -337,11 +342,6 @@ def _quant_bias(layer: nn.Module, bias: torch.Tensor | None) -> torch.Tensor | N
         q = torch.clamp(torch.round(bias.detach().double() / safe.double()), -(2**31), 2**31 - 1)
         b_hat = (q.to(torch.float32) * safe).to(bias.dtype)
     return bias + (b_hat - bias).detach()
-
-    def extra_repr(self) -> str:
-        if not self.enabled:
-            return "off (float weights)"
-        return f"{self.qtype} symmetric {'per-channel' if self.per_channel else 'per-tensor'}{' reduce_range' if self.reduce_range else ''}"
 
 
 def _adopt(cls, module: nn.Module) -> nn.Module:

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 __all__ = ["marker_export", "strip_markers", "regions", "read_layout", "Layout"]
 
@@ -54,8 +54,7 @@ def marker_export(module, example_inputs: tuple, input_names: list[str], output_
                 output_names=list(output_names), dynamic_axes=dynamic_axes, do_constant_folding=True,
             )
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"torch.onnx.export (TorchScript, opset {opset}) failed on the QAT model: {type(e).__name__}: {first}") from e
+        raise InputError(f"torch.onnx.export (TorchScript, opset {opset}) failed on the QAT model: {type(e).__name__}: {first_line(e)}") from e
     finally:
         for p, mode in zip(probes, saved[0]):
             p.mode = mode

@@ -1,7 +1,7 @@
 """Matching onnxruntime's QDQ placement: which tensors, which shared ranges, what stays float.
 
 >>> from onnxq.qat._placement import place                                     # doctest: +SKIP
->>> qmodel, layout, excl, warns, probes_of, weight_owner = place(P, probe_tensor, probes, gm, plan, ops, [], ranges, tmp, layers)  # doctest: +SKIP
+>>> qmodel, layout, recipe, warns, probes_of, weight_owner = place(P, probe_tensor, probes, gm, recipe, ranges, tmp, layers)  # doctest: +SKIP
 
 onnxruntime's quantizer decides; this module reads its decision back and mirrors its range rules
 (``adjust_tensor_ranges``: a quantized Relu/Clip hands its output range to its input; Softmax outputs
@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 
 from ..errors import CheckFailed
-from ..plan import QuantPlan
-from ..ptq import quantize_with_ranges
+from ..plan import Recipe
+from ..ptq import write_qdq
 
 __all__ = ["place", "range_rules", "average_pool_windows", "producer_bounds", "MAX_EXCLUSION_ROUNDS"]
 
@@ -40,16 +40,14 @@ def producer_bounds(model: onnx.ModelProto, tensor: str) -> tuple[float | None, 
     return None, None
 
 
-def range_rules(P: onnx.ModelProto, plan: QuantPlan, ops: tuple[str, ...], excl: list[str]) -> tuple[dict[str, str], set[str]]:
+def range_rules(P: onnx.ModelProto, recipe: Recipe) -> tuple[dict[str, str], set[str]]:
     """onnxruntime's ``adjust_tensor_ranges``: ({Relu/Clip input: its output}, Softmax outputs fixed to [0, 1]).
 
     A quantized Relu/Clip whose input has no other consumer hands its output's range to its input,
     and a quantized Softmax's output range is [0, 1] whatever calibration saw.
     """
-    from ..ptq import ort_arguments
-
-    quantized_ops = set(ort_arguments(plan, ops, [])["op_types_to_quantize"])
-    skip = set(excl) | set(plan.exclude_nodes)
+    quantized_ops = set(recipe.op_types)
+    skip = set(recipe.excluded_nodes)
     consumers: dict[str, int] = defaultdict(int)
     for n in P.graph.node:
         for i in n.input:
@@ -89,13 +87,13 @@ def _describe(gm, path: str | None, fallback: str) -> str:
     return fallback
 
 
-def place(P, probe_tensor, probes, gm, plan, ops, excl, ranges, tmp, qat_layers):
+def place(P, probe_tensor, probes, gm, recipe: Recipe, ranges, tmp, qat_layers):
     """Run onnxruntime's QDQ quantizer; exclude regions the QAT model cannot mirror until none is left.
 
     A tensor onnxruntime quantizes that no probe observes (inside a multi-node layer), a quantized
     weight that is not a Conv2d/Linear parameter, or a non-scalar constant operand sends the nodes
-    computing it (its "region": the nodes between probes) to ``nodes_to_exclude``, with a warning.
-    Returns (QDQ model, layout, exclusions, warnings, {tensor: probe indices}, weight-node owner lookup).
+    computing it (its "region": the nodes between probes) into the recipe's float nodes, with a warning.
+    Returns (QDQ model, layout, final recipe, warnings, {tensor: probe indices}, weight-node owner lookup).
     """
     from ._onnx import read_layout, regions
 
@@ -128,7 +126,8 @@ def place(P, probe_tensor, probes, gm, plan, ops, excl, ranges, tmp, qat_layers)
 
     qpath = tmp / "placement.onnx"
     for _round in range(MAX_EXCLUSION_ROUNDS):
-        quantize_with_ranges(P, ranges, plan, ops, excl, qpath, tmp)
+        excl = set(recipe.excluded_nodes)
+        write_qdq(P, ranges, recipe, qpath, tmp)
         qmodel = onnx.load(str(qpath))
         layout = read_layout(qmodel, P)
         new_excl: set[str] = set()
@@ -160,10 +159,10 @@ def place(P, probe_tensor, probes, gm, plan, ops, excl, ranges, tmp, qat_layers)
                 owners = node_regions.get(node, [])
                 what = region_owner(owners[0]) if owners else node
                 warnings_out.append(f"kept in float: {what}: it combines a constant tensor of {size} values that QAT does not fake-quantize")
-        new_excl -= set(excl)
+        new_excl -= excl
         if not new_excl:
-            return qmodel, layout, excl, warnings_out, probes_of, weight_owner
-        excl = sorted(set(excl) | new_excl)
+            return qmodel, layout, recipe, warnings_out, probes_of, weight_owner
+        recipe = recipe.keep_in_float([(n, "QAT cannot mirror onnxruntime's placement here") for n in sorted(new_excl)])
     raise CheckFailed(
         f"could not match onnxruntime's Q/DQ placement after {MAX_EXCLUSION_ROUNDS} rounds of keeping nodes in float; "
         "please report this model"

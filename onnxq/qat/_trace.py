@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ._fakequant import ActQuant, QConv2d, QLinear
 
 __all__ = ["build_graph", "TracedGraph", "PASS_THROUGH"]
@@ -182,11 +182,6 @@ class TracedGraph:
     input_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _fold_bn(gm: fx.GraphModule, folded: list[str]) -> None:
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
@@ -239,7 +234,7 @@ def build_graph(model: nn.Module, example_inputs: tuple) -> TracedGraph:
         gm = fx.symbolic_trace(net)
     except Exception as e:
         raise InputError(
-            f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {_first_line(e)}; onnxq.qat needs a "
+            f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {first_line(e)}; onnxq.qat needs a "
             "model without Python control flow on tensor values (move it out of forward, or mark that part with "
             "torch.fx.wrap)"
         ) from e
@@ -248,7 +243,7 @@ def build_graph(model: nn.Module, example_inputs: tuple) -> TracedGraph:
             ShapeProp(gm).propagate(*example_inputs)
     except Exception as e:
         shapes = ", ".join("x".join(map(str, t.shape)) for t in example_inputs)
-        raise InputError(f"the model does not run on example_inputs of shape {shapes}: {type(e).__name__}: {_first_line(e)}") from e
+        raise InputError(f"the model does not run on example_inputs of shape {shapes}: {type(e).__name__}: {first_line(e)}") from e
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     folded: list[str] = []
     _fold_bn(gm, folded)

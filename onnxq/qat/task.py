@@ -90,9 +90,9 @@ def load_task(spec: str | QATTask) -> QATTask:
     """Resolve ``module:object`` / ``path/to/file.py:object`` into a :class:`QATTask`."""
     if isinstance(spec, QATTask):
         return spec
-    from ..export import load_factory
+    from ..usercode import load_object
 
-    obj = load_factory(spec)
+    obj = load_object(spec)
     task = QATTask.from_object(obj, str(spec))
     if not task.name:
         task.name = str(spec)
@@ -300,10 +300,11 @@ def run_task(
     the trained fake-quant module as ``res["qat_module"]``, the FP32 one as ``res["fp32_module"]``, the
     example inputs and the eval arrays (none of them JSON-serialisable).
     """
-    from ..export import export as export_fp32
-    from ..export import require_torch
-    from ..ptq import HOLDOUT, quantize as ptq_quantize
-    from ..ptq import resolve_profile
+    from ..torch_export import export as export_fp32
+    from ..torch_export import require_torch
+    from ..plan import HOLDOUT
+    from ..ptq import quantize as ptq_quantize
+    from ..runtime import resolve_profile
     from ._api import export as qat_export
     from ._api import prepare
 
@@ -392,8 +393,8 @@ def run_task(
         "epochs": epochs,
         "lr": lr,
         "freeze_after": freeze_after,
-        "weight_type": qres.plan["weight_type"],
-        "per_channel": qres.plan["per_channel"],
+        "weight_type": qres.recipe["weight_type"],
+        "per_channel": qres.recipe["per_channel"],
         "train": train_info,
         "step_time_s": times,
         "step_time_ratio": ratio,

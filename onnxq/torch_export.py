@@ -11,22 +11,17 @@ exporter raised opset 17 to 18 without a word, fixed the batch size and wrote a 
 file even for small models (DESIGN.md section 5). The written model is checked with
 ``onnx.checker`` and run in onnxruntime (CPU) at the example's batch size and at twice it; outputs
 that differ from PyTorch beyond ``atol + rtol * |torch|`` raise :class:`CheckFailed` and nothing is
-written. This module and ``qat`` are the only ones that import torch, and only inside functions,
-so :func:`load_factory` works without it.
+written. This module and ``qat`` are the only ones that import torch, and only inside functions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
-import importlib.util
 import io
 import os
-import sys
 import tempfile
 import time
-import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +31,11 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .errors import CheckFailed, InputError
-from .modelio import file_sha256, manifest_path, save_model, write_json
+from .errors import CheckFailed, InputError, first_line
+from .manifest import manifest_path, new_manifest, write_manifest
+from .modelio import save_model
 
-__all__ = ["TORCH_INSTALL_HINT", "ExportResult", "export", "load_factory", "require_torch"]
+__all__ = ["TORCH_INSTALL_HINT", "ExportResult", "export", "require_torch", "build_model", "load_checkpoint", "random_inputs"]
 
 TORCH_INSTALL_HINT = "pip install torch==2.13.0 (or pip install 'onnxq[torch]'); a plain 'pip install torch' pulls a multi-GB CUDA build"
 EXPORTER = "torch.onnx.export (TorchScript, dynamo=False)"
@@ -83,87 +79,6 @@ def require_torch():
 
 
 # ---------------------------------------------------------------------------------------------
-# Resolving "module:object" and "path/to/file.py:object"
-
-
-def load_factory(spec: str) -> Any:
-    """Resolve ``module:object`` or ``path/to/file.py:object`` (``object`` may be dotted).
-
-    >>> load_factory("collections:OrderedDict")
-    <class 'collections.OrderedDict'>
-
-    A file's folder is put on ``sys.path`` so the file can import its neighbours; for a module
-    name the current directory is searched too (as ``python -m`` would).
-    """
-    text = str(spec).strip()
-    module_part, sep, attr = text.rpartition(":")
-    if not sep or not module_part or not attr:
-        raise InputError(f"{text!r} is not of the form module:object or path/to/file.py:object (e.g. examples/fashion_mnist/model.py:make_model)")
-    is_file = module_part.endswith(".py") or os.sep in module_part or "/" in module_part
-    if is_file:
-        mod = _import_file(Path(module_part), text)
-    else:
-        mod = _import_module(module_part)
-    obj: Any = mod
-    walked = []
-    for part in attr.split("."):
-        walked.append(part)
-        if not hasattr(obj, part):
-            where = module_part if len(walked) == 1 else f"{module_part}:{'.'.join(walked[:-1])}"
-            public = sorted(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
-            hint = f"; callables there: {', '.join(public[:8])}{', ...' if len(public) > 8 else ''}" if public else ""
-            raise InputError(f"{where} has no attribute {part!r}{hint}")
-        obj = getattr(obj, part)
-    return obj
-
-
-def _import_module(name: str):
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name and (name == e.name or name.startswith(e.name + ".")):
-            raise InputError(f"cannot import module {name!r} ({e}); check the name and the current directory, or give a file: path/to/file.py:object") from e
-        raise InputError(f"module {name!r} failed to import because it needs {e.name!r}, which is not installed") from e
-    except Exception as e:  # the user's module raised while importing
-        raise InputError(f"module {name!r} raised while importing: {type(e).__name__}: {_first_line(e)}") from e
-
-
-def _import_file(path: Path, spec_text: str):
-    if not path.suffix == ".py":
-        raise InputError(f"{path} in {spec_text!r} is not a .py file; use path/to/file.py:object or module.name:object")
-    if not path.is_file():
-        raise InputError(f"file {path} (from {spec_text!r}) does not exist; check the path")
-    path = path.resolve()
-    folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # so the file can import its neighbours (e.g. data.py beside model.py)
-    mod_name = f"onnxq_user_{path.stem}_{abs(hash(str(path))) & 0xFFFFFF:06x}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    ispec = importlib.util.spec_from_file_location(mod_name, path)
-    if ispec is None or ispec.loader is None:
-        raise InputError(f"cannot load {path} as a Python module")
-    mod = importlib.util.module_from_spec(ispec)
-    sys.modules[mod_name] = mod
-    try:
-        ispec.loader.exec_module(mod)
-    except Exception as e:
-        del sys.modules[mod_name]
-        if isinstance(e, ModuleNotFoundError):
-            raise InputError(f"{path} failed to import because it needs {e.name!r}, which is not installed") from e
-        raise InputError(f"{path} raised while importing: {type(e).__name__}: {_first_line(e)}") from e
-    return mod
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-# ---------------------------------------------------------------------------------------------
 # Export
 
 
@@ -199,7 +114,7 @@ def _run_torch(model, inputs: tuple, torch) -> list[np.ndarray]:
         except Exception as e:
             shapes = ", ".join(_shape_text(t) for t in inputs)
             raise InputError(
-                f"the model failed on example inputs of shape {shapes}: {type(e).__name__}: {_first_line(e)}; "
+                f"the model failed on example inputs of shape {shapes}: {type(e).__name__}: {first_line(e)}; "
                 "give the shape(s) forward() expects (batch first)"
             ) from e
     return [t.detach().cpu().numpy() for t in _flatten_outputs(out, torch)]
@@ -243,11 +158,9 @@ def _parity(ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> dict[
 
 
 def _ort_outputs(model_bytes: bytes, feeds: dict[str, np.ndarray], profile) -> list[np.ndarray]:
-    from .profiles import RuntimeSpec
-    from .runtime import make_session
+    from .runtime import cpu_profile, make_session
 
-    cpu = dataclasses.replace(profile, runtime=RuntimeSpec(providers=("CPUExecutionProvider",)))
-    sess, _ = make_session(model_bytes, cpu, allow_fallback=True)
+    sess, _ = make_session(model_bytes, cpu_profile(profile), allow_fallback=True)
     return sess.run(None, feeds)
 
 
@@ -279,7 +192,7 @@ def export(
     both cases no file is written.
     """
     torch = require_torch()
-    from .ptq import resolve_profile
+    from .runtime import resolve_profile
 
     t0 = time.perf_counter()
     if not isinstance(model, torch.nn.Module):
@@ -321,7 +234,7 @@ def export(
     try:
         onnx.checker.check_model(onnx_model)
     except onnx.checker.ValidationError as e:
-        raise CheckFailed(f"the exported model fails onnx.checker: {_first_line(e)}; nothing was written") from e
+        raise CheckFailed(f"the exported model fails onnx.checker: {first_line(e)}; nothing was written") from e
     model_bytes = onnx_model.SerializeToString() if onnx_model.ByteSize() < 2**31 - 1 else None
 
     parity = _check_parity(model_bytes, onnx_model, path, inputs, ref1, doubled, ref2, in_names, out_names, prof, atol, rtol)
@@ -347,7 +260,7 @@ def export(
     res.wall_s = time.perf_counter() - t0
     if manifest:
         res.manifest = manifest_path(path)
-        write_json(_manifest(res, prof, torch), res.manifest)
+        write_manifest(_manifest(res, prof, torch), res.manifest)
     return res
 
 
@@ -363,7 +276,7 @@ def _torch_export(model, inputs, out: Path, opset, in_names, out_names, dynamic_
             )
         except Exception as e:
             raise InputError(
-                f"torch.onnx.export (TorchScript, opset {opset}) failed: {type(e).__name__}: {_first_line(e)}; "
+                f"torch.onnx.export (TorchScript, opset {opset}) failed: {type(e).__name__}: {first_line(e)}; "
                 "a different --opset may support the op, or rewrite that part of the model"
             ) from e
 
@@ -386,11 +299,11 @@ def _check_parity(model_bytes, onnx_model, path, inputs, ref1, doubled, ref2, in
             except Exception as e:
                 if feed_tensors is doubled:
                     raise CheckFailed(
-                        f"the exported model does not run at batch {batch} ({_first_line(e)}); the model likely hard-codes its "
+                        f"the exported model does not run at batch {batch} ({first_line(e)}); the model likely hard-codes its "
                         "batch size (e.g. x.view(1, -1): use x.flatten(1)), or export with dynamic_batch=False "
                         "(--static-batch); nothing was written"
                     ) from e
-                raise CheckFailed(f"onnxruntime cannot run the exported model: {_first_line(e)}; nothing was written") from e
+                raise CheckFailed(f"onnxruntime cannot run the exported model: {first_line(e)}; nothing was written") from e
             for name, r, g in zip(out_names, ref, got):
                 p = _parity(r, g, atol, rtol)
                 entry = parity[name]
@@ -414,30 +327,81 @@ def _check_parity(model_bytes, onnx_model, path, inputs, ref1, doubled, ref2, in
 
 
 def _manifest(res: ExportResult, prof, torch) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
+    from .runtime import ort_info
 
+    return new_manifest(
+        "export", res.path,
+        versions={"onnxq": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": ort_info()["version"], "numpy": np.__version__},
+        profile={"name": prof.name, "sha256": prof.sha256, "source": prof.source},
+        result=res.to_dict(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# `onnxq export MODULE:FACTORY`: the model, its checkpoint and random example inputs
+
+
+def random_inputs(shapes, seed: int = 0) -> tuple:
+    """Seeded ``torch.randn`` example inputs of the given shapes (batch first)."""
+    torch = require_torch()
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(*s, generator=gen) for s in shapes)
+
+
+def build_model(spec: str):
+    """Resolve MODULE:FACTORY to an nn.Module (calling the factory with no arguments)."""
+    torch = require_torch()
+    from .usercode import load_object
+
+    obj = load_object(spec)
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if not callable(obj):
+        raise InputError(f"{spec} is a {type(obj).__name__}, not a factory function or an nn.Module")
     try:
-        ort_version = version("onnxruntime")
-    except PackageNotFoundError:  # e.g. onnxruntime-gpu
-        ort_version = "unknown"
-    return {
-        "schema": "onnxq.manifest/1",
-        "kind": "export",
-        "versions": {"onnxq": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort_version, "numpy": np.__version__},
-        "output": {"path": str(res.path), "sha256": file_sha256(res.path)},
-        "profile": {"name": prof.name, "sha256": prof.sha256, "source": prof.source},
-        "result": res.to_dict(),
-    }
+        model = obj()
+    except Exception as e:
+        raise InputError(f"calling {spec}() failed: {type(e).__name__}: {first_line(e)}; the factory must build the model with no arguments") from e
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
-class _CallableModule(types.ModuleType):
-    """``import onnxq.export`` rebinds the attribute ``onnxq.export`` from the forwarding function in
-    ``onnxq/__init__.py`` to this module (Python sets a package attribute for each imported
-    submodule). Making the module callable keeps ``onnxq.export(model, x, "m.onnx")`` working
-    whichever of the two the name points at."""
+def load_checkpoint(model, path: str | os.PathLike) -> None:
+    """Load a state_dict (or {'state_dict': ...} / {'model': ...}) strictly, with one-line errors."""
+    torch = require_torch()
 
-    def __call__(self, *args, **kwargs) -> ExportResult:
-        return export(*args, **kwargs)
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"checkpoint {p} does not exist; check the path")
+    try:
+        obj = torch.load(p, weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise InputError(f"cannot read checkpoint {p} with torch.load(weights_only=True): {first_line(e)[:200]}") from e
+    if isinstance(obj, dict) and not _is_state_dict(obj):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not _is_state_dict(obj):
+        raise InputError(f"checkpoint {p} holds a {type(obj).__name__}, not a state_dict; save it with torch.save(model.state_dict(), path)")
+    own = model.state_dict()
+    if own and not any(k in own for k in obj) and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}  # saved from DataParallel/DDP
+    missing = [k for k in own if k not in obj]
+    unexpected = [k for k in obj if k not in own]
+    mismatched = [f"{k} {list(obj[k].shape)} vs {list(own[k].shape)}" for k in own if k in obj and tuple(obj[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                parts.append(f"{len(items)} {label} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})")
+        raise InputError(f"checkpoint {p} does not fit the model: {'; '.join(parts)}; is it from another model or factory?")
+    model.load_state_dict(obj, strict=True)
 
 
-sys.modules[__name__].__class__ = _CallableModule
+def _is_state_dict(obj: dict) -> bool:
+    import torch
+
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())

@@ -1,0 +1,60 @@
+"""onnxq's vocabularies, defined once: profiles validate against them, the recipe resolves them and
+every CLI ``choices=`` uses them. Standard library only (nothing imported at all).
+
+>>> from onnxq.vocab import MODES, METHODS
+>>> MODES, METHODS
+(('static', 'dynamic', 'fp16'), ('minmax', 'entropy', 'percentile'))
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MODES", "METHODS", "WEIGHT_TYPES", "ACTIVATION_TYPES", "DYNAMIC_WEIGHT_TYPES", "QAT_WEIGHT_TYPES", "FOUR_BIT",
+    "OPT_LEVELS", "FORMATS", "KNOWN_PROVIDERS", "COMPARE_METRICS", "EVAL_METRICS", "percentile_problem",
+    "samples_problem",
+]
+
+MODES = ("static", "dynamic", "fp16")
+# How the range of one activation is read from the calibration stream (see onnxq.calibration).
+METHODS = ("minmax", "entropy", "percentile")
+WEIGHT_TYPES = ("int8", "uint8", "int4", "uint4")
+ACTIVATION_TYPES = ("uint8", "int8")
+DYNAMIC_WEIGHT_TYPES = ("int8", "uint8")  # onnxruntime's dynamic quantizer has no 4-bit path
+QAT_WEIGHT_TYPES = ("int8", "int4")  # signed symmetric weights: what onnxq.qat fake-quantizes
+FOUR_BIT = ("int4", "uint4")  # standard QDQ needs opset 21 for these
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+FORMATS = ("qdq",)
+KNOWN_PROVIDERS = (
+    "CPUExecutionProvider",
+    "CUDAExecutionProvider",
+    "TensorrtExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "DnnlExecutionProvider",
+    "ROCMExecutionProvider",
+    "MIGraphXExecutionProvider",
+    "CoreMLExecutionProvider",
+    "QNNExecutionProvider",
+    "DmlExecutionProvider",
+    "XnnpackExecutionProvider",
+)
+COMPARE_METRICS = {
+    "top1": "top-1 accuracy",
+    "top5": "top-5 accuracy",
+    "agreement": "top-1 agreement with FP32",
+    "cosine": "cosine similarity to FP32",
+}
+EVAL_METRICS = ("top1", "top5", "cosine", "mse", "agreement")
+
+
+def percentile_problem(value: float) -> str | None:
+    """Why ``value`` is not a usable percentile, or None (the one check profiles and the recipe share)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 50.0 < float(value) <= 100.0:
+        return f"percentile must be a number in (50, 100], got {value!r}"
+    return None
+
+
+def samples_problem(value: int) -> str | None:
+    """Why ``value`` is not a usable calibration sample count, or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return f"calibration samples must be a positive integer, got {value!r}"
+    return None

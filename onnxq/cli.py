@@ -16,7 +16,7 @@ import sys
 from . import __version__
 from .errors import OnnxqError
 
-COMMANDS = ["quantize", "check", "profiles", "demo", "export", "qat", "bench", "eval", "compare", "report"]
+COMMANDS = ["quantize", "sensitivity", "check", "profiles", "demo", "export", "qat", "bench", "eval", "compare", "report"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -26,10 +26,13 @@ from typing import Any
 
 from .errors import InputError
 from .profiles import LayoutSpec, Profile
-from .vocab import DYNAMIC_WEIGHT_TYPES, FOUR_BIT, METHODS, MODES, WEIGHT_TYPES, percentile_problem, samples_problem
+from .vocab import (
+    TARGET_METRICS,
+    BIAS_CORRECTION, DYNAMIC_WEIGHT_TYPES, FOUR_BIT, METHODS, MODES, WEIGHT_TYPES, percentile_problem, samples_problem,
+)
 
 __all__ = [
-    "Recipe", "CalibrationSpec", "GraphFacts", "QuantizerCaps", "Overrides", "resolve", "TRANSFORMER_OPS",
+    "Recipe", "CalibrationSpec", "AlgorithmSpec", "TargetSpec", "parse_target", "GraphFacts", "QuantizerCaps", "Overrides", "resolve", "TRANSFORMER_OPS",
     "DYNAMIC_OPS", "HOLDOUT",
 ]
 
@@ -75,6 +78,10 @@ class Overrides:
     exclude_op_types: tuple[str, ...] | None = None
     exclude_nodes: tuple[str, ...] | None = None
     keep_io_types: bool = True
+    bias_correction: str | None = None
+    smoothquant: str | float | bool | None = None  # False: off even if the profile has it
+    cle: bool | None = None
+    target: TargetSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +89,65 @@ class CalibrationSpec:
     method: str
     percentile: float
     samples: int
+    batch_size: int = 16  # samples per calibration batch (the per-batch estimators use 1: per-sample statistics)
     num_bins: int = NUM_BINS
     holdout: int = HOLDOUT
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """``--target METRIC=VALUE``: keep the most sensitive nodes in float until METRIC reaches VALUE (``value``
+    None: only measure the per-node sensitivity, ``onnxq sensitivity``)."""
+
+    metric: str
+    value: float | None
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric != "kl"
+
+    def met(self, score: float) -> bool:
+        if self.value is None:
+            return False
+        return score >= self.value if self.higher_is_better else score <= self.value
+
+    def text(self) -> str:
+        return f"{self.metric}={self.value:g}" if self.value is not None else self.metric
+
+
+def parse_target(text: str | None) -> TargetSpec | None:
+    """``"cosine=0.995"`` -> TargetSpec; one-line InputError naming the metrics and the sensible values."""
+    if text is None:
+        return None
+    metric, sep, raw = str(text).partition("=")
+    metric = metric.strip().lower()
+    if metric not in TARGET_METRICS:
+        raise InputError(f"--target {text!r}: unknown metric {metric!r}; give METRIC=VALUE with METRIC one of "
+                         + ", ".join(f"{k} ({v})" for k, v in TARGET_METRICS.items()))
+    if not sep:
+        raise InputError(f"--target {text!r} needs a value: e.g. {metric}={dict(cosine=0.995, top1=0.99, sqnr=30, kl=0.02)[metric]}")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError(f"--target {text!r}: {raw!r} is not a number") from None
+    if metric == "top1" and 1.0 < value <= 100.0:
+        value /= 100.0  # given in percent
+    bad = {"cosine": not 0.0 < value <= 1.0, "top1": not 0.0 < value <= 1.0, "sqnr": not 0.0 < value < 200.0,
+           "kl": not 0.0 <= value < 100.0}[metric]
+    if bad or value != value:
+        allowed = {"cosine": "in (0, 1]", "top1": "in (0, 1] (or a percentage)", "sqnr": "dB in (0, 200)", "kl": "in [0, 100)"}
+        raise InputError(f"--target {text!r} cannot be reached: {metric} must be {allowed[metric]}")
+    return TargetSpec(metric, value)
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """The float-graph algorithms run before onnxruntime writes the QDQ model (see :mod:`onnxq.algorithms`)."""
+
+    bias_correction: str = "none"  # none | fast | full
+    smoothquant: str | float | None = None  # None: off; "auto": alpha searched; a float: that alpha
+    cle: bool = False
+    notes: tuple[str, ...] = ()  # why a requested algorithm does not apply to this graph
 
 
 @dataclass(frozen=True)
@@ -106,6 +170,8 @@ class Recipe:
     float_nodes: tuple[tuple[str, str], ...] = ()  # (node name, why) kept in float
     calibration: CalibrationSpec | None = None  # static mode only
     layout: LayoutSpec = field(default_factory=LayoutSpec)
+    algorithms: AlgorithmSpec = field(default_factory=AlgorithmSpec)
+    target: TargetSpec | None = None  # static only: the accuracy-targeted float fallback
     keep_io_types: bool = True  # fp16: float32 inputs/outputs kept
 
     @property
@@ -223,7 +289,49 @@ def _calibration(profile: Profile, o: Overrides) -> CalibrationSpec:
     pct = q.percentile if o.percentile is None else o.percentile
     if percentile_problem(pct):
         raise InputError(f"--percentile must be a number in (50, 100], got {pct}")
-    return CalibrationSpec(method=method, percentile=float(pct), samples=int(samples))
+    batch = 1 if method.startswith("mean_") else 16
+    return CalibrationSpec(method=method, percentile=float(pct), samples=int(samples), batch_size=batch)
+
+
+def _algorithms(profile: Profile, facts: GraphFacts, o: Overrides, mode: str, ops: tuple[str, ...]) -> AlgorithmSpec:
+    """Which algorithms run: the caller's choice, else the profile's; one the graph cannot use is refused
+    when asked for explicitly and noted when it came from the profile."""
+    q = profile.quant
+    asked = {k for k, v in (("bias_correction", o.bias_correction), ("smoothquant", o.smoothquant), ("cle", o.cle))
+             if v not in (None, False, "none")}
+    if mode != "static":
+        if asked:
+            raise InputError(f"{', '.join(sorted(asked))} apply to --mode static only (they change the float graph before "
+                             f"static quantization); drop them for --mode {mode}")
+        return AlgorithmSpec()
+    bc = o.bias_correction or q.bias_correction
+    _check(bc, BIAS_CORRECTION, "bias correction")
+    sq = q.smoothquant if o.smoothquant is None else (None if o.smoothquant is False else o.smoothquant)
+    if isinstance(sq, str) and sq != "auto":
+        raise InputError(f"--smoothquant {sq!r}: give auto (alpha searched on held-out samples) or an alpha in (0, 1)")
+    if isinstance(sq, (int, float)) and not isinstance(sq, bool) and not 0.0 < float(sq) < 1.0:
+        raise InputError(f"--smoothquant alpha must be in (0, 1), got {sq}")
+    cle = q.cle if o.cle is None else bool(o.cle)
+    notes = []
+    if sq is not None and (not {"MatMul", "Gemm"} & set(ops) & facts.op_types or "LayerNormalization" not in facts.op_types):
+        if "smoothquant" in asked:
+            raise InputError("--smoothquant smooths the inputs of quantized MatMul/Gemm that a LayerNormalization produces, "
+                             f"and this model has none (its op types: {', '.join(sorted(facts.op_types))}); drop --smoothquant")
+        notes.append("smoothquant: no LayerNormalization feeding a quantized MatMul/Gemm in this graph")
+        sq = None
+    if cle and "Conv" not in facts.op_types:
+        if "cle" in asked:
+            raise InputError("--cle equalizes Conv -> activation -> Conv pairs, and this model has no Conv; drop --cle")
+        notes.append("cle: no Conv in this graph")
+        cle = False
+    return AlgorithmSpec(bias_correction=bc, smoothquant=float(sq) if isinstance(sq, (int, float)) else sq, cle=cle,
+                         notes=tuple(notes))
+
+
+def _target(o: Overrides, mode: str) -> TargetSpec | None:
+    if o.target is not None and mode != "static":
+        raise InputError(f"--target keeps sensitive nodes of a static INT8 model in float; it does not apply to --mode {mode}")
+    return o.target
 
 
 def resolve(profile: Profile, facts: GraphFacts, caps: QuantizerCaps, overrides: Overrides | None = None) -> Recipe:
@@ -255,5 +363,7 @@ def resolve(profile: Profile, facts: GraphFacts, caps: QuantizerCaps, overrides:
         float_nodes=_exclusions(facts, o),
         calibration=_calibration(profile, o) if mode == "static" else None,
         layout=q.layout if mode == "static" else LayoutSpec(),
+        algorithms=_algorithms(profile, facts, o, mode, ops),
+        target=_target(o, mode),
         keep_io_types=o.keep_io_types,
     )

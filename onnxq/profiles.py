@@ -27,7 +27,7 @@ from typing import Any
 
 from .errors import ProfileError
 from .vocab import (
-    ACTIVATION_TYPES, FORMATS, KNOWN_PROVIDERS, METHODS, MODES, OPT_LEVELS, WEIGHT_TYPES, percentile_problem,
+    ACTIVATION_TYPES, BIAS_CORRECTION, FORMATS, KNOWN_PROVIDERS, METHODS, MODES, OPT_LEVELS, WEIGHT_TYPES, percentile_problem,
     samples_problem,
 )
 
@@ -113,6 +113,9 @@ class QuantSpec:
     modes: tuple[str, ...] = MODES
     default_mode: str = "static"
     layout: LayoutSpec = field(default_factory=LayoutSpec)
+    bias_correction: str = "none"  # none | fast | full (onnxq.algorithms.bias_correction)
+    smoothquant: str | float | None = None  # None: off; "auto": alpha searched; a number: that alpha
+    cle: bool = False  # cross-layer equalization of Conv -> activation -> Conv pairs
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,7 @@ _MATCH_KEYS = ("arch", "cpu_flags_any", "cpu_flags_all", "providers_all", "prior
 _RUNTIME_KEYS = ("providers", "provider_options", "graph_optimization_level", "intra_op_threads")
 _QUANT_KEYS = ("format", "activation_type", "activation_symmetric", "weight_type", "weight_symmetric", "per_channel",
                "reduce_range", "calibration_method", "percentile", "calibration_samples", "op_types", "exclude_op_types",
-               "modes", "default_mode", "layout")
+               "modes", "default_mode", "layout", "bias_correction", "smoothquant", "cle")
 _LAYOUT_KEYS = ("float_outputs", "weight_qdq_pair", "dedicated_qdq_pair", "keep_removable_activations")
 
 
@@ -311,6 +314,9 @@ def _read_quant(q: _Table) -> QuantSpec:
     if samples_problem(samples):
         raise q.fail("calibration_samples", samples, "a positive integer")
     lay = q.sub("layout", _LAYOUT_KEYS)
+    sq = q.get("smoothquant", (bool, str, int, float), False)
+    if sq is True or (isinstance(sq, str) and sq != "auto") or (not isinstance(sq, (bool, str)) and not 0.0 < sq < 1.0):
+        raise q.fail("smoothquant", sq, 'false, "auto" (alpha searched on held-out samples) or an alpha in (0, 1)')
     return QuantSpec(
         format=q.get("format", str, "qdq", FORMATS),
         activation_type=q.get("activation_type", str, "uint8", ACTIVATION_TYPES),
@@ -332,6 +338,9 @@ def _read_quant(q: _Table) -> QuantSpec:
             dedicated_qdq_pair=lay.get("dedicated_qdq_pair", bool, False),
             keep_removable_activations=lay.get("keep_removable_activations", bool, False),
         ),
+        bias_correction=q.get("bias_correction", str, "none", BIAS_CORRECTION),
+        smoothquant=None if sq is False else (sq if isinstance(sq, str) else float(sq)),
+        cle=q.get("cle", bool, False),
     )
 
 

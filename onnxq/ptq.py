@@ -45,7 +45,7 @@ from .errors import InputError, first_line
 from .evaluate import fidelity
 from .manifest import manifest_path, new_manifest, write_manifest
 from .modelio import default_output, graph_facts, load_model, model_opset, needs_external_data, toposort
-from .plan import HOLDOUT, Overrides, QuantizerCaps, Recipe, resolve
+from .plan import HOLDOUT, Overrides, QuantizerCaps, Recipe, parse_target, resolve
 from .profiles import Profile
 from .runtime import resolve_profile
 
@@ -86,6 +86,11 @@ class QuantResult:
     def op_types(self) -> list[str]:
         return list(self.recipe.op_types)
 
+    @property
+    def target(self) -> dict[str, Any] | None:
+        """What ``--target`` did (metric, value, reached, score, float_nodes, sensitivity table), or None."""
+        return (self.calibration.get("algorithms") or {}).get("target")
+
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
@@ -93,6 +98,7 @@ class QuantResult:
         d["output"], d["manifest"] = str(self.output), str(self.manifest)
         d["recipe"] = self.recipe.to_dict()
         d["mode"] = self.recipe.mode
+        d["target"] = self.target
         return d
 
 
@@ -231,13 +237,15 @@ def prepare_graph(model: onnx.ModelProto, recipe: Recipe, tmp: Path) -> tuple[on
     return pre, label
 
 
-def calibrate(model: onnx.ModelProto, recipe: Recipe, calib: CalibrationSet, *, progress: bool = True) -> RangeReport:
-    """A range for every activation the recipe's op types touch (onnxq's streaming calibration)."""
+def calibrate(model: onnx.ModelProto, recipe: Recipe, calib: CalibrationSet, *, progress: bool = True,
+              observers: dict[str, Any] | None = None) -> RangeReport:
+    """A range for every activation the recipe's op types touch (onnxq's streaming calibration); ``observers``
+    ({tensor: accumulator}) see the same pass."""
     spec = recipe.calibration
     if spec is None:
         raise InputError(f"mode {recipe.mode!r} is not calibrated; only --mode static is")
     return collect_ranges(model, calib, method=spec.method, percentile=spec.percentile, op_types=recipe.op_types,
-                          num_bins=spec.num_bins, progress=progress)
+                          num_bins=spec.num_bins, progress=progress, batch_size=spec.batch_size, observers=observers)
 
 
 def float_nodes_for(model: onnx.ModelProto, report: RangeReport) -> list[tuple[str, str]]:
@@ -268,6 +276,14 @@ def write_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], re
             quantize_static(str(src), str(out_path), **ort_arguments(recipe, ranges_path=cache))
     except KeyError as e:
         raise InputError(f"onnxruntime's quantizer needs a range for tensor {e} that calibration did not produce") from e
+    if recipe.excluded_nodes:  # nodes kept in float must stay float at run time too (see algorithms.sensitivity)
+        from .algorithms.sensitivity import guard_float_nodes
+
+        written = onnx.load(str(out_path))
+        before = len(written.graph.node)
+        guard_float_nodes(written, set(recipe.excluded_nodes))
+        if len(written.graph.node) != before:
+            onnx.save_model(written, str(out_path))
 
 
 def write_dynamic(model: onnx.ModelProto, recipe: Recipe, out_path: Path, tmp: Path) -> None:
@@ -346,23 +362,231 @@ def _mode_warnings(recipe: Recipe, ops_before: dict[str, int], quantized: int) -
     return out
 
 
-def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random):
+FULL_BC_SAMPLES = 64  # calibration samples each full bias-correction pass runs (NNCF's full correction uses a subset too)
+
+
+def bias_correct(model: onnx.ModelProto, ranges: dict, recipe: Recipe, layers: list, means: dict, calib: CalibrationSet,
+                 tmp: Path, *, progress: bool = False) -> dict[str, Any]:
+    """Fast bias correction (then, for ``full``, measured passes on the QDQ model); changes ``model``'s biases in place."""
+    from .algorithms import bias_correction as bc
+    from .calibration import stream_tensors
+
+    t0 = time.perf_counter()
+    q0 = tmp / "bias_correction.onnx"
+    write_qdq(model, ranges, recipe, q0, tmp)
+    base = bc.biases(model, layers)
+    applied = bc.apply_corrections(model, layers, bc.fast_corrections(model, layers, onnx.load(str(q0)), means), base)
+    info: dict[str, Any] = {"method": recipe.algorithms.bias_correction, "layers": len(layers),
+                            "fast": {"corrected": len(applied), "biases_added": sum(c.added_bias for c in applied),
+                                     "max_shift": max((c.size for c in applied), default=0.0)}}
+    if recipe.algorithms.bias_correction == "full":
+        import dataclasses
+
+        n = min(calib.count, FULL_BC_SAMPLES)
+        # Relu/Clip kept as nodes, so the float tensor entering each input quantizer exists (same numerics)
+        measuring = dataclasses.replace(recipe, layout=dataclasses.replace(recipe.layout, keep_removable_activations=True))
+        passes = []
+        for k in range(FULL_BC_PASSES):
+            write_qdq(model, ranges, measuring, q0, tmp)
+            qm = onnx.load(str(q0))
+            pairs = bc.quantized_inputs(qm, layers)
+            seen = {t: bc.MeanInput() for pair in pairs.values() for t in pair}
+            for _, got in stream_tensors(qm, calib, list(seen), batch_size=8, limit=n, desc=f"bias correction {k + 1}",
+                                         progress=progress):
+                for t, v in got.items():
+                    seen[t].add(v)
+            done = bc.apply_corrections(model, layers, bc.measured_corrections(model, layers, qm, pairs, seen), base)
+            passes.append({"corrected": len(done), "max_shift": max((c.size for c in done), default=0.0)})
+        info["full"] = {"samples": n, "passes": passes}
+    info["wall_s"] = time.perf_counter() - t0
+    return info
+
+
+FULL_BC_PASSES = 2
+
+
+def _holdout_score(path: Path, ref_path: Path, holdout: CalibrationSet, profile: Profile) -> float:
+    """Mean per-sample cosine to FP32 over the outputs, on the held-out samples (what the searches maximise)."""
+    fid, _ = validate(path, ref_path, holdout, profile)
+    return float(np.mean([f.get("cosine_mean", f["cosine"]) for f in fid.values()]))
+
+
+def equalize_graph(model: onnx.ModelProto, recipe: Recipe, calib: CalibrationSet, holdout: CalibrationSet, ref_path: Path,
+                   profile: Profile, tmp: Path, *, progress: bool = False) -> dict[str, Any]:
+    """Cross-layer equalization and SmoothQuant on the float graph (in place), from one statistics pass.
+
+    SmoothQuant "auto" quantizes the graph once per alpha in ``smoothquant.ALPHAS`` and keeps the alpha
+    whose output is closest to FP32 on the held-out samples.
+    """
+    from .algorithms import cle as cle_mod
+    from .algorithms import smoothquant as sq
+    from .algorithms.graph import drop_unused_initializers
+    from .calibration import stream_tensors
+
+    alg = recipe.algorithms
+    pairs = cle_mod.find_pairs(model, recipe.excluded_nodes) if alg.cle else []
+    groups = sq.find_groups(model, recipe.op_types, recipe.excluded_nodes) if alg.smoothquant is not None else []
+    observers: dict[str, Any] = {p.tensor: cle_mod.ChannelRange() for p in pairs}
+    observers.update({g.tensor: sq.AbsMaxLastAxis() for g in groups})
+    info: dict[str, Any] = {}
+    if not observers:
+        return info
+    for _, got in stream_tensors(model, calib, list(observers), batch_size=16, desc="equalization statistics", progress=progress):
+        for t, v in got.items():
+            observers[t].add(v)
+    if pairs:
+        mode = "activations" if recipe.per_channel else "weights"
+        info["cle"] = cle_mod.equalize(model, pairs, observers, mode=mode)
+        info["cle"].update(cle_mod.absorb_biases(model, pairs, observers))
+    if groups:
+        alpha = alg.smoothquant
+        if alpha == "auto":
+            scores = {}
+            for a in sq.ALPHAS:
+                trial = onnx.ModelProto()
+                trial.CopyFrom(model)
+                sq.smooth(trial, sq.find_groups(trial, recipe.op_types, recipe.excluded_nodes), observers, a)
+                trial = onnx.shape_inference.infer_shapes(trial)
+                out = tmp / f"smoothquant_{a}.onnx"
+                write_qdq(trial, calibrate(trial, recipe, calib, progress=False).ranges, recipe, out, tmp)
+                scores[a] = _holdout_score(out, ref_path, holdout, profile)
+            alpha = max(scores, key=scores.get)
+            info["smoothquant_search"] = {str(a): v for a, v in scores.items()}
+        info["smoothquant"] = sq.smooth(model, groups, observers, float(alpha))
+    drop_unused_initializers(model)
+    model.CopyFrom(onnx.shape_inference.infer_shapes(model))  # types for the tensors the folds added
+    return info
+
+
+def target_scorer(ref_path: Path, holdout: CalibrationSet, profile: Profile, metric: str, output_name: str | None = None):
+    """A function scoring a candidate model (ModelProto or path) against FP32 on ``holdout`` with ``metric``."""
+    from .evaluate import is_classifier_output, target_score
+    from .runtime import make_session, run_batches
+
+    ref_sess, _ = make_session(ref_path, profile, allow_fallback=True)
+    names = [o.name for o in ref_sess.get_outputs()]
+    if output_name is not None and output_name not in names:
+        raise InputError(f"the model has no output {output_name!r}; its outputs are {names}")
+    idx = names.index(output_name) if output_name else 0
+    bs = holdout.batch_size()
+    ref = np.concatenate(run_batches(ref_sess, holdout.batches(bs))[idx])
+    if metric in ("top1", "kl") and not is_classifier_output(ref):
+        raise InputError(f"--target {metric} needs (N, classes) scores, and output {names[idx]!r} has shape "
+                         f"{list(ref.shape)}: use --target cosine=... or sqnr=... (or pick the logits output)")
+
+    def score(model: Any) -> float:
+        src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+        sess, _ = make_session(src, profile, allow_fallback=True)
+        return target_score(ref, np.concatenate(run_batches(sess, holdout.batches(bs))[idx]), metric)
+
+    return score, names[idx]
+
+
+def _latency_ratio(before: Path, after: Path, holdout: CalibrationSet, profile: Profile) -> float | None:
+    """Median latency of ``after`` over ``before`` (interleaved, 20 runs, one held-out batch)."""
+    from .bench import measure_interleaved
+    from .runtime import make_session
+
+    feed = next(iter(holdout.batches(holdout.batch_size(8))))
+    sess = [make_session(str(p), profile, allow_fallback=True)[0] for p in (before, after)]
+    times = measure_interleaved([lambda s=s: s.run(None, feed) for s in sess], warmup=3, runs=20)
+    a, b = (float(np.median(t)) for t in times)
+    return b / a if a > 0 else None
+
+
+def _restore_biases(model: onnx.ModelProto, source: onnx.ModelProto, names: list[str]) -> None:
+    """Nodes kept in float take ``source``'s bias (bias correction shifted them for quantized weights)."""
+    from .algorithms.graph import const, node_by_name, set_const
+
+    if source is model:
+        return
+    src = node_by_name(source)
+    for node in model.graph.node:
+        s = src.get(node.name)
+        if node.name in names and s is not None and len(node.input) > 2 and node.input[2] and len(s.input) > 2 and s.input[2]:
+            value = const(source, s.input[2])
+            if value is not None:
+                name = f"{s.input[2]}.onnxq_float.{node.name}"
+                set_const(model, name, value)
+                node.input[2] = name
+
+
+def target_fallback(model: onnx.ModelProto, ranges: dict, recipe: Recipe, out_path: Path, holdout: CalibrationSet,
+                    ref_path: Path, profile: Profile, tmp: Path, *, output_name: str | None = None,
+                    progress: bool = False, float_model: onnx.ModelProto | None = None) -> tuple[Recipe, dict[str, Any]]:
+    """``--target``: per-node sensitivity on the held-out samples, then the most sensitive nodes kept in float,
+    fewest first, until the target holds; ``out_path`` is rewritten with them (the best model either way).
+
+    ``float_model`` holds the float weights and biases a kept node reads (default ``model``): the graph before
+    bias correction, whose shifts were made for quantized weights."""
+    import shutil
+
+    from tqdm import tqdm
+
+    from .algorithms import sensitivity as sens
+
+    target = recipe.target
+    score, out_name = target_scorer(ref_path, holdout, profile, target.metric, output_name)
+    qm = onnx.load(str(out_path))
+    names = [n for n in sens.candidates(qm) if n not in set(recipe.excluded_nodes)]
+    bar = tqdm(total=len(names), desc="sensitivity", unit="node", disable=not progress, leave=False)
+    float_model = float_model if float_model is not None else model
+    table, kept, trail = sens.fallback(qm, float_model, names, score, target.met, higher_is_better=target.higher_is_better,
+                                       progress=bar.update)
+    bar.close()
+    base = score(qm)
+    info: dict[str, Any] = {"metric": target.metric, "value": target.value, "output": out_name, "samples": holdout.count,
+                            "score_all_quantized": base, "sensitivity": [r.to_dict() for r in table], "float_nodes": kept,
+                            "trail": trail}
+    if kept:
+        before = tmp / "all_quantized.onnx"
+        shutil.copyfile(out_path, before)
+        recipe = recipe.keep_in_float([(n, f"--target {target.text()} (sensitivity rank {i + 1})") for i, n in enumerate(kept)])
+        _restore_biases(model, float_model, kept)
+        write_qdq(model, ranges, recipe, out_path, tmp)
+        info["latency_vs_all_quantized"] = _latency_ratio(before, out_path, holdout, profile)
+    final = score(out_path)
+    info.update(score=final, reached=target.met(final) if target.value is not None else None)
+    return recipe, info
+
+
+def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random, ref_path, profile, output_name=None):
     """Stages 1-3 of static mode; returns (recipe with float nodes, holdout, report facts, warnings, preprocess label)."""
+    from .algorithms import bias_correction as bc
+    from .algorithms.graph import weight_layers
+
     calib_part, holdout = calib.split(recipe.calibration.holdout)
     pre, label = prepare_graph(model, recipe, tmp)
-    report = calibrate(pre, recipe, calib_part, progress=progress)
+    alg = recipe.algorithms
+    algorithms: dict[str, Any] = equalize_graph(pre, recipe, calib_part, holdout, ref_path, profile, tmp, progress=progress)
+    layers = weight_layers(pre, recipe.op_types, recipe.excluded_nodes) if alg.bias_correction != "none" else []
+    if layers and calib_part.count < bc.MIN_SAMPLES:
+        raise InputError(f"bias correction needs at least {bc.MIN_SAMPLES} calibration samples (besides the {holdout.count} "
+                         f"held out), got {calib_part.count}; give more data or --bias-correction none")
+    means = {l.node.input[0]: bc.MeanInput() for l in layers}
+    report = calibrate(pre, recipe, calib_part, progress=progress, observers=means)
     kept = float_nodes_for(pre, report)
     warns = []
     if report.float_tensors:
         warns.append(f"kept {len(kept)} node(s) in float around {len(report.float_tensors)} tensor(s) with non-finite or huge "
                      "values: " + ", ".join(f"{k} ({v})" for k, v in list(report.float_tensors.items())[:3]))
     recipe = recipe.keep_in_float(kept)
+    uncorrected = None
+    if layers:
+        if recipe.target is not None:
+            uncorrected = onnx.ModelProto()
+            uncorrected.CopyFrom(pre)  # float weights AND biases for nodes the fallback keeps in float
+        layers = [l for l in layers if l.name not in set(recipe.excluded_nodes)]
+        algorithms["bias_correction"] = bias_correct(pre, report.ranges, recipe, layers, means, calib_part, tmp, progress=progress)
     write_qdq(pre, report.ranges, recipe, tmp_out, tmp)
+    if recipe.target is not None:
+        recipe, algorithms["target"] = target_fallback(pre, report.ranges, recipe, tmp_out, holdout, ref_path, profile, tmp,
+                                                       output_name=output_name, progress=progress, float_model=uncorrected)
     info = {"source": calib.origin, "sha256": calib.sha256(), "samples_used": report.samples,
             "held_out": holdout.count if holdout is not calib else 0, "method": recipe.calibration.method,
-            "percentile": recipe.calibration.percentile if recipe.calibration.method == "percentile" else None,
+            "percentile": recipe.calibration.percentile if recipe.calibration.method in ("percentile", "mean_percentile") else None,
             "tensors": len(report.ranges), "not_representative": calib_random,
-            "float_tensors": dict(report.float_tensors)}
+            "float_tensors": dict(report.float_tensors), "algorithms": algorithms}
     return recipe, holdout, info, warns, label
 
 
@@ -382,6 +606,11 @@ def quantize(
     calibration_samples: int | None = None,
     weight_type: str | None = None,
     percentile: float | None = None,
+    bias_correction: str | None = None,
+    smoothquant: str | float | bool | None = None,
+    cle: bool | None = None,
+    target: str | None = None,
+    output_name: str | None = None,
     progress: bool = True,
 ) -> QuantResult:
     """Quantize an FP32 ONNX model for a hardware profile and measure what it cost.
@@ -398,6 +627,8 @@ def quantize(
         weight_type=weight_type, op_types=tuple(op_types) if op_types is not None else None,
         exclude_op_types=tuple(exclude_op_types) if exclude_op_types is not None else None,
         exclude_nodes=tuple(exclude_nodes) if exclude_nodes is not None else None,
+        bias_correction=bias_correction, smoothquant=smoothquant, cle=cle,
+        target=parse_target(target) if isinstance(target, str) else target,
     )
     model = load_model(model_path)
     if needs_external_data(model):
@@ -433,7 +664,8 @@ def quantize(
         with atomic_path(out) as tmp_out:
             if recipe.mode == "static":
                 recipe, holdout, calib_info, more, label = _static(
-                    ref_model, recipe, calib, tmp, tmp_out, progress, bool(calib_random) and calibration is None)
+                    ref_model, recipe, calib, tmp, tmp_out, progress, bool(calib_random) and calibration is None, ref_path, prof,
+                    output_name)
                 warns += more
             else:
                 if recipe.mode == "dynamic":
@@ -465,6 +697,25 @@ def quantize(
     # the model is in place now (atomic rename); the manifest follows it
     write_manifest(manifest, result.manifest)
     return result
+
+
+def sensitivity(model_path: str | os.PathLike, *, calibration: Any, metric: str = "cosine", profile: str | Profile = "auto",
+                output_name: str | None = None, progress: bool = False, **options: Any) -> dict[str, Any]:
+    """Per-node sensitivity only (``onnxq sensitivity``): quantize into a temp dir, measure, write nothing.
+
+    Returns the target record of :attr:`QuantResult.target` (``sensitivity`` rows most sensitive first,
+    ``score_all_quantized``) plus ``recipe``.
+    """
+    from .plan import TargetSpec
+
+    if metric not in ("cosine", "top1", "sqnr", "kl"):
+        raise InputError(f"unknown --metric {metric!r}; choose cosine, top1, sqnr or kl")
+    with tempfile.TemporaryDirectory(prefix="onnxq.sens.") as d:
+        res = quantize(model_path, mode="static", profile=profile, calibration=calibration, output=Path(d) / "m.onnx",
+                       target=TargetSpec(metric, None), output_name=output_name, progress=progress, **options)
+    out = dict(res.target)
+    out["recipe"] = res.recipe.to_dict()
+    return out
 
 
 def build_manifest(result: QuantResult, prof: Profile, model_path: Path, written: Path) -> dict[str, Any]:

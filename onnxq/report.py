@@ -27,6 +27,29 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _algorithm_summary(spec: dict[str, Any], done: dict[str, Any]) -> str:
+    """One line: what CLE, SmoothQuant, bias correction and --target did."""
+    parts = []
+    if "cle" in done:
+        c = done["cle"]
+        parts.append(f"CLE ({c['mode']}): {c['equalized']} pair(s)" + (f", {c['pairs_absorbed']} bias absorbed" if c.get("pairs_absorbed") else ""))
+    if "smoothquant" in done:
+        q = done["smoothquant"]
+        parts.append(f"SmoothQuant alpha {q['alpha']:g}: {q['groups']} input(s), {q['folded']} folded into LayerNorm, {q['muls_added']} Mul added")
+    if "bias_correction" in done:
+        b = done["bias_correction"]
+        parts.append(f"bias correction ({b['method']}): {b['fast']['corrected']} layer(s)"
+                     + (f", {b['fast']['biases_added']} bias(es) added" if b["fast"].get("biases_added") else ""))
+    if "target" in done and done["target"].get("value") is not None:
+        t = done["target"]
+        parts.append(f"target {t['metric']}={t['value']:g}: {'reached' if t['reached'] else 'NOT reached'} "
+                     f"({t['score_all_quantized']:.5f} -> {t['score']:.5f}, {len(t['float_nodes'])} node(s) in float"
+                     + (f", {t['latency_vs_all_quantized']:.2f}x latency" if t.get("latency_vs_all_quantized") else "") + ")")
+    for note in spec.get("notes") or []:
+        parts.append(note)
+    return "; ".join(parts)
+
+
 def quant_summary_table(res: dict[str, Any]) -> str:
     """The table `onnxq quantize` prints: sizes, ops, fidelity per output, wall time."""
     r = res["recipe"]
@@ -43,6 +66,9 @@ def quant_summary_table(res: dict[str, Any]) -> str:
             ["calibration", f"{cal['method']} on {res['calibration'].get('samples_used')} samples ({res['calibration'].get('source')})"],
             ["preprocess", res.get("preprocess", "")],
         ]
+        alg = _algorithm_summary(r.get("algorithms") or {}, (res.get("calibration") or {}).get("algorithms") or {})
+        if alg:
+            settings.append(["algorithms", alg])
     elif r["mode"] == "dynamic":
         settings.append(["weights", f"{r['weight_type']} {'per-channel' if r['per_channel'] else 'per-tensor'}"])
     if r["opset"] != r["source_opset"]:

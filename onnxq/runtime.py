@@ -23,7 +23,7 @@ from .errors import InputError, ProviderError, first_line
 from .profiles import Profile, RuntimeSpec, auto_profile, load_profile
 
 __all__ = ["make_session", "SessionInfo", "available_providers", "required_providers", "resolve_profile", "ort_info", "cpu_profile",
-           "run_batches"]
+           "run_batches", "compute_session"]
 
 _OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -139,6 +139,19 @@ def make_session(
         optimized_model=optimized_model_path,
         provider_options={k: dict(v) for k, v in profile.runtime.provider_options.items()},
     )
+
+
+def compute_session(model: Any):
+    """A CPU session with graph optimisations off, for onnxq's own arithmetic (calibration statistics, bias
+    correction, sensitivity): it runs the graph as written, Q/DQ included. Never used to measure latency."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    src = model.SerializeToString() if hasattr(model, "SerializeToString") else (model if isinstance(model, bytes) else os.fspath(model))
+    try:
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise InputError(first_line(e)) from e
 
 
 def run_batches(sess: ort.InferenceSession, batches) -> list[list]:

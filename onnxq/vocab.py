@@ -2,7 +2,7 @@
 every CLI ``choices=`` uses them. Standard library only (nothing imported at all).
 
 >>> from onnxq.vocab import MODES, METHODS
->>> MODES, METHODS
+>>> MODES, METHODS[:3]
 (('static', 'dynamic', 'fp16'), ('minmax', 'entropy', 'percentile'))
 """
 
@@ -10,14 +10,19 @@ from __future__ import annotations
 
 __all__ = [
     "MODES", "METHODS", "WEIGHT_TYPES", "ACTIVATION_TYPES", "DYNAMIC_WEIGHT_TYPES", "QAT_WEIGHT_TYPES", "FOUR_BIT",
-    "OPT_LEVELS", "FORMATS", "KNOWN_PROVIDERS", "COMPARE_METRICS", "EVAL_METRICS", "percentile_problem",
+    "OPT_LEVELS", "FORMATS", "BIAS_CORRECTION", "TARGET_METRICS", "KNOWN_PROVIDERS", "COMPARE_METRICS", "EVAL_METRICS", "percentile_problem",
     "samples_problem",
 ]
 
 MODES = ("static", "dynamic", "fp16")
 # How the range of one activation is read from the calibration stream (see onnxq.calibration).
-METHODS = ("minmax", "entropy", "percentile")
+# minmax / entropy / percentile read the whole stream; mean_* average each calibration batch's own statistic.
+METHODS = ("minmax", "entropy", "percentile", "mean_minmax", "mean_percentile")
 WEIGHT_TYPES = ("int8", "uint8", "int4", "uint4")
+BIAS_CORRECTION = ("none", "fast", "full")  # see onnxq.algorithms.bias_correction
+# --target METRIC=VALUE: per-sample mean cosine, top-1 agreement, SQNR (dB) and softmax KL (lower is better)
+TARGET_METRICS = {"cosine": "mean cosine to FP32", "top1": "top-1 agreement with FP32", "sqnr": "SQNR vs FP32 (dB)",
+                  "kl": "mean softmax KL vs FP32"}
 ACTIVATION_TYPES = ("uint8", "int8")
 DYNAMIC_WEIGHT_TYPES = ("int8", "uint8")  # onnxruntime's dynamic quantizer has no 4-bit path
 QAT_WEIGHT_TYPES = ("int8", "int4")  # signed symmetric weights: what onnxq.qat fake-quantizes

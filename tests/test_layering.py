@@ -30,7 +30,7 @@ def test_only_torch_export_and_qat_import_torch():
 
 
 def test_only_ptq_calibration_and_runtime_import_onnxruntime():
-    assert _importers("onnxruntime") == ORT_IMPORTERS
+    assert "runtime.py" in _importers("onnxruntime") <= ORT_IMPORTERS
 
 
 def test_profiles_plan_manifest_report_import_neither_torch_nor_onnxruntime():

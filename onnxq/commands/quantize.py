@@ -12,7 +12,7 @@ def _csv(text: str) -> list[str]:
 
 def register(sub) -> None:
     from ..cli import add_common
-    from ..vocab import METHODS, MODES, WEIGHT_TYPES
+    from ..vocab import BIAS_CORRECTION, METHODS, MODES, TARGET_METRICS, WEIGHT_TYPES
 
     p = sub.add_parser(
         "quantize",
@@ -30,8 +30,9 @@ def register(sub) -> None:
     p.add_argument("--calib", metavar="PATH", help=".npz keyed by input name, .npy (single input) or a directory of them")
     p.add_argument("--calib-samples", type=int, metavar="N", help="calibration samples to use (default: profile's)")
     p.add_argument("--calib-random", type=int, metavar="N", help="calibrate on N random samples: smoke tests only, NOT representative")
-    p.add_argument("--method", choices=METHODS, help="calibration method (default: profile's)")
-    p.add_argument("--percentile", type=float, help="percentile for --method percentile (default: profile's)")
+    p.add_argument("--method", choices=METHODS, help="range estimator (default: profile's): minmax/entropy/percentile over "
+                   "the whole stream, or mean_minmax/mean_percentile of each sample's own statistics")
+    p.add_argument("--percentile", type=float, help="percentile for --method percentile / mean_percentile (default: profile's)")
     pc = p.add_mutually_exclusive_group()
     pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=None, help="per-channel weight scales")
     pc.add_argument("--no-per-channel", dest="per_channel", action="store_false", help="per-tensor weight scales")
@@ -39,9 +40,40 @@ def register(sub) -> None:
     p.add_argument("--op-types", type=_csv, metavar="A,B", help="quantize only these op types (default: profile's; auto restricts transformers to MatMul,Gemm)")
     p.add_argument("--exclude-op-types", type=_csv, metavar="A,B", help="keep these op types in float")
     p.add_argument("--exclude-nodes", type=_csv, metavar="N1,N2", help="keep these node names in float")
+    add_algorithm_flags(p, BIAS_CORRECTION)
+    p.add_argument("--target", metavar="METRIC=VALUE",
+                   help="keep the most sensitive nodes in float until METRIC reaches VALUE on the held-out samples ("
+                   + ", ".join(TARGET_METRICS) + "; e.g. cosine=0.995); exit 1, best model written, when it cannot")
+    p.add_argument("--output-name", metavar="NAME", help="model output --target scores (default: the first)")
     p.add_argument("-o", "--output", help="output path (default: beside the input; never the input itself)")
     add_common(p)
     p.set_defaults(func=run)
+
+
+def _alpha(text: str):
+    if text in ("auto", "off"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give auto, off or an alpha in (0, 1), got {text!r}") from None
+
+
+def add_algorithm_flags(p, bias_choices) -> None:
+    """--bias-correction, --smoothquant, --cle/--no-cle (static mode; default: the profile's)."""
+    p.add_argument("--bias-correction", choices=bias_choices, help="shift biases by the mean error quantization causes "
+                   "(fast: per layer; full: measured on the quantized model); default: the profile's")
+    p.add_argument("--smoothquant", type=_alpha, metavar="auto|ALPHA|off",
+                   help="smooth MatMul/Gemm inputs produced by LayerNorm (auto: alpha searched on held-out samples)")
+    cle = p.add_mutually_exclusive_group()
+    cle.add_argument("--cle", dest="cle", action="store_true", default=None, help="cross-layer equalization of Conv pairs")
+    cle.add_argument("--no-cle", dest="cle", action="store_false", help="no cross-layer equalization")
+
+
+def algorithm_kwargs(args) -> dict:
+    sq = getattr(args, "smoothquant", None)
+    return {"bias_correction": args.bias_correction, "cle": args.cle,
+            "smoothquant": False if sq == "off" else sq}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
         exclude_nodes=args.exclude_nodes,
         calibration_samples=args.calib_samples,
         weight_type=args.weight_type,
+        target=args.target,
+        output_name=args.output_name,
         progress=not args.quiet and not args.json,
+        **algorithm_kwargs(args),
         **({"percentile": args.percentile} if args.percentile is not None else {}),
     )
     if args.json:
@@ -79,4 +114,9 @@ def run(args: argparse.Namespace) -> int:
         for w in res.warnings:
             print(f"onnxq: warning: {w}", file=sys.stderr)
         print(quant_summary_table(res.to_dict()))
+    target = res.calibration.get("algorithms", {}).get("target")
+    if target and target.get("reached") is False:
+        print(f"onnxq: target {target['metric']}={target['value']:g} NOT reached on {target['samples']} held-out samples: best "
+              f"{target['score']:.5f} with {len(target['float_nodes'])} node(s) in float; that model was written", file=sys.stderr)
+        return 1
     return 0

@@ -28,6 +28,7 @@ __all__ = ["CalibrationSet", "InputSpec", "model_inputs", "collect_ranges", "Ran
 
 # Range estimators that average one statistic per calibration batch (see _Collector).
 PER_BATCH_METHODS = ("mean_minmax", "mean_percentile")
+MIN_GROUP = 4096  # values one per-batch statistic is read from at least (small tensors pool consecutive batches)
 # Activations whose magnitude reaches this are treated like +-inf (additive attention masks that
 # use finfo.min): quantizing them would crush every other value of the tensor to zero.
 HUGE = 1e6
@@ -325,9 +326,11 @@ class _TensorStats:
     count: int = 0
     pos: _Hist | None = None  # x > 0
     neg: _Hist | None = None  # -x for x < 0 (exact zeros are kept out: they quantize exactly)
-    sum_lo: float = 0.0  # per-batch estimators: sums of each batch's statistic
+    sum_lo: float = 0.0  # per-batch estimators: sums of each group's statistic
     sum_hi: float = 0.0
     batches: int = 0
+    pending: list = field(default_factory=list)  # values of the group being filled (small tensors only)
+    pending_size: int = 0
 
 
 @dataclass
@@ -350,7 +353,10 @@ class _Collector:
       into |x| made the KL search clip the image's whole foreground on the Fashion-MNIST demo;
     - ``mean_minmax`` / ``mean_percentile``: each calibration batch's own min and max (or its own
       ``100 - p`` / ``p`` percentiles), averaged over the batches (NNCF's default range estimator;
-      with batches of one sample, per-sample statistics). Two running sums per tensor.
+      with batches of one sample, per-sample statistics). Two running sums per tensor. A batch of a
+      small tensor (under ``MIN_GROUP`` values: a classifier's 1280 features, a small CNN's late
+      maps) is pooled with the next ones until the group holds that many: the extremes of a handful
+      of values are noise, and averaging them clipped a tiny CNN's Gemm input to half its range.
     """
 
     def __init__(self, method: str, num_bins: int, percentile: float = 99.999, whole_range: frozenset[str] = frozenset()):
@@ -376,9 +382,13 @@ class _Collector:
         st.lo, st.hi = min(st.lo, lo), max(st.hi, hi)
         st.count += x.size
         if self.method in PER_BATCH_METHODS:
-            if self.method == "mean_percentile":
-                lo, hi = (float(v) for v in np.percentile(x, [100.0 - self.percentile, self.percentile]))
-            st.sum_lo, st.sum_hi, st.batches = st.sum_lo + lo, st.sum_hi + hi, st.batches + 1
+            if x.size >= MIN_GROUP and not st.pending:
+                self._group(st, x, lo, hi)
+            else:
+                st.pending.append(x.copy())
+                st.pending_size += x.size
+                if st.pending_size >= MIN_GROUP:
+                    self._flush(st)
             return
         if self.method == "minmax":
             return
@@ -389,7 +399,20 @@ class _Collector:
         if lo < 0:
             st.neg.add(-x[x < 0])
 
+    def _group(self, st: _TensorStats, x: np.ndarray, lo: float, hi: float) -> None:
+        if self.method == "mean_percentile":
+            lo, hi = (float(v) for v in np.percentile(x, [100.0 - self.percentile, self.percentile]))
+        st.sum_lo, st.sum_hi, st.batches = st.sum_lo + lo, st.sum_hi + hi, st.batches + 1
+
+    def _flush(self, st: _TensorStats) -> None:
+        g = np.concatenate(st.pending)
+        st.pending, st.pending_size = [], 0
+        self._group(st, g, float(g.min()), float(g.max()))
+
     def result(self, percentile: float, signed_levels: int, unsigned_levels: int) -> RangeReport:
+        for st in self.stats.values():
+            if st.pending:  # a last, partial group counts as well
+                self._flush(st)
         ranges: dict[str, tuple[float, float]] = {}
         floats: dict[str, str] = {}
         for name, st in self.stats.items():

@@ -65,29 +65,41 @@ METRICS = COMPARE_METRICS
 @dataclass(frozen=True)
 class Variant:
     name: str
-    kind: str  # fp32 | ptq | fp16 | qat
+    kind: str  # fp32 | ptq | fp16 | qat | fp32-control
     mode: str | None = None  # the ptq mode, or None
     method: str | None = None
     per_channel: bool | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # further onnxq.quantize keywords (algorithms)
+    label_text: str = ""
 
     @property
     def label(self) -> str:
         """Plain words for verdicts: 'static per-channel (percentile)'."""
+        if self.label_text:
+            return self.label_text
         if self.kind == "ptq" and self.mode == "static":
             return f"static {'per-channel' if self.per_channel else 'per-tensor'} ({self.method})"
-        return {"fp32": "FP32", "fp16": "fp16", "qat": "QAT", "ptq": self.mode or self.name}[self.kind]
+        return {"fp32": "FP32", "fp16": "fp16", "qat": "QAT", "fp32-control": "FP32 control", "ptq": self.mode or self.name}[self.kind]
 
+
+_PLAIN = (("bias_correction", "none"), ("cle", False), ("smoothquant", False))  # the calibration method alone
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("fp32", "fp32"),
     Variant("dynamic", "ptq", "dynamic"),
     *(
-        Variant(f"static-{'pc' if pc else 'pt'}-{m}", "ptq", "static", m, pc)
+        Variant(f"static-{'pc' if pc else 'pt'}-{m}", "ptq", "static", m, pc, _PLAIN)
         for pc in (False, True)
         for m in ("minmax", "entropy", "percentile")
     ),
+    # the profile's own static recipe (CPU profiles: per-sample ranges, CLE, fast bias correction, SmoothQuant)
+    Variant("static-default", "ptq", "static", label_text="static, the profile's recipe"),
+    # the data-free fix for per-tensor weight targets (DFQ): equalized weights and bias correction
+    Variant("static-pt-cle-bc", "ptq", "static", "mean_minmax", False, (("bias_correction", "fast"), ("cle", True)),
+            label_text="static per-tensor (CLE + bias correction)"),
     Variant("fp16", "fp16", "fp16"),
     Variant("qat", "qat"),
+    Variant("qat-control", "fp32-control", label_text="FP32 control (fine-tuned like QAT)"),
 )
 
 
@@ -102,11 +114,11 @@ def plan_variants(profile: Any, patterns: Sequence[str] | None = None, *, with_q
             raise InputError("--variants selects qat, which needs --task module:object")
     out = []
     for v in VARIANTS:
-        if v.kind == "qat" and not with_qat:
+        if v.kind in ("qat", "fp32-control") and not with_qat:
             continue
         if v.mode and v.mode not in profile.quant.modes:
             continue
-        if v.kind not in ("fp32", "qat") and patterns and not any(fnmatch.fnmatch(v.name, p) for p in patterns):
+        if v.kind not in ("fp32", "qat", "fp32-control") and patterns and not any(fnmatch.fnmatch(v.name, p) for p in patterns):
             continue
         out.append(v)
     return out
@@ -157,6 +169,9 @@ class _Run:
     epochs: int | None = None
     weight_type: str | None = None
     qat_done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    output_name: str | None = None
+    cache_base: dict[str, Any] = field(default_factory=dict)  # what every variant's cache key includes
+    fresh: bool = False
 
 
 def _qat(task: str, prof: Any, out_path: Path, calib: Any, epochs: int | None) -> dict[str, Any]:
@@ -188,8 +203,8 @@ def _check_args(batches, runs, warmup, threads, budget, metric, outdir: Path, ca
         raise InputError(f"--runs must be >= 1 and --warmup >= 0, got {runs} and {warmup}")
     if threads is not None and threads < 0:
         raise InputError(f"--threads must be 0 (onnxruntime's default) or a positive count, got {threads}")
-    if budget < 0:
-        raise InputError(f"--budget is the accuracy loss allowed, in points; it must be >= 0, got {budget}")
+    if budget is not None and (budget < 0 or budget != budget):
+        raise InputError(f"--budget must be >= 0 (points of accuracy, or the bound on KL / cosine / SQNR), got {budget}")
     if metric is not None and metric not in METRICS:
         raise InputError(f"unknown --metric {metric!r}; choose one of: {', '.join(METRICS)}")
     if outdir.exists() and not outdir.is_dir():
@@ -235,8 +250,38 @@ def _fp32_from_task(task: str | None, prof: Any, outdir: Path, calib: Any, epoch
     return Path(info["fp32_model_path"])
 
 
-def _check_data(model: Path, calib: Any, eval_data: Any, labels_key, metric, batches, threads, prof, say):
-    """Load and check the data against FP32 (labels, metric); returns (specs, edata, metric, batches, primary)."""
+def _check_outdir(outdir: Path, model: Path, fresh: bool) -> None:
+    """An OUTDIR holding another model's compare is not overwritten by accident."""
+    import json
+
+    from ._fs import file_sha256
+
+    old = outdir / "report.json"
+    if fresh or not old.is_file():
+        return
+    try:
+        prev = json.loads(old.read_text(encoding="utf-8"))["model"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a compare report we can read: the per-variant records decide
+    if prev != file_sha256(model):
+        raise InputError(f"{outdir} holds a compare of another model (sha256 {prev[:12]}, this one "
+                         f"{file_sha256(model)[:12]}); give another -o, or pass --fresh to rebuild everything there")
+
+
+def _cache_base(run: _Run, calib: Any, eval_data: Any, labels_key) -> dict[str, Any]:
+    from ._fs import file_sha256
+
+    def sha(p: Any) -> str:
+        return file_sha256(p) if Path(str(p)).is_file() else str(p)
+
+    return {"model": sha(run.model), "calib": sha(calib), "eval": sha(eval_data), "labels": labels_key,
+            "batches": run.batches, "runs": run.runs, "warmup": run.warmup, "threads": run.threads,
+            "output": run.output_name}
+
+
+def _check_data(model: Path, calib: Any, eval_data: Any, labels_key, metric, batches, threads, prof, say, output_name=None):
+    """Load and check the data against FP32 (labels, metric, output); returns
+    (specs, edata, metric, batches, primary, (output, why))."""
     from .bench import fixed_batch
     from .calibration import CalibrationSet, model_inputs
     from .evaldata import eval_metrics, headline, load_eval_data, run_model
@@ -258,16 +303,24 @@ def _check_data(model: Path, calib: Any, eval_data: Any, labels_key, metric, bat
     # Pre-flight: FP32 on the first profile's (or any available) providers checks labels and metric.
     pre_sess, _ = make_session(model, prof, allow_fallback=True, threads=threads)
     pre_out = run_model(pre_sess, edata, primary)
-    pre_metrics = eval_metrics(pre_out, edata, ref=pre_out)  # raises on out-of-range labels
+    pre_metrics = eval_metrics(pre_out, edata, ref=pre_out, output_name=output_name)  # raises on out-of-range labels
+    main = pre_out[pre_metrics["output"]]
     if metric is None:
-        main = pre_out[pre_metrics["output"]]
-        metric = "top1" if edata.labels is not None else ("agreement" if is_classifier_output(main) else "cosine")
+        metric = "top1" if edata.labels is not None else ("kl" if is_classifier_output(main) else "cosine")
     headline(pre_metrics, metric)  # raises when the metric cannot be computed
-    return specs, edata, metric, batches, primary
+    say(f"judging output {pre_metrics['output']!r} ({pre_metrics['output_reason']}) by {metric}")
+    return specs, edata, metric, batches, primary, (pre_metrics["output"], pre_metrics["output_reason"])
 
 
 # ---------------------------------------------------------------------------------------------
 # One profile: build, evaluate, time
+
+
+def _qat_info(prof: Any, run: _Run) -> dict[str, Any]:
+    """The QAT task's result for this profile (run once, shared by the qat and qat-control variants)."""
+    if prof.name not in run.qat_done:
+        run.qat_done[prof.name] = _qat(run.task, prof, run.outdir / prof.name / "qat.onnx", run.calib, run.epochs)
+    return run.qat_done[prof.name]
 
 
 def _build(v: Variant, prof: Any, run: _Run) -> VariantResult:
@@ -280,19 +333,26 @@ def _build(v: Variant, prof: Any, run: _Run) -> VariantResult:
     try:
         if v.kind == "fp32":
             rec.path = str(run.model)
-        elif v.kind == "qat":
-            info = run.qat_done.get(prof.name) or _qat(run.task, prof, run.outdir / prof.name / "qat.onnx", run.calib, run.epochs)
-            rec.path = str(info["model_path"])
+        elif v.kind in ("qat", "fp32-control"):
+            info = _qat_info(prof, run)
+            key = "model_path" if v.kind == "qat" else "fp32_control_model_path"
+            if not info.get(key):
+                raise _VariantFailed("build", f"the QAT task reported no {key!r} (onnxq.qat.run_task trains the FP32 control)")
+            rec.path = str(info[key])
             # scalars, and the scalar entries of small dicts (accuracy side by side, sizes, steps)
             rec.qat = {k: (val if _scalar(val) else {x: y for x, y in val.items() if _scalar(y)})
                        for k, val in info.items() if _scalar(val) or isinstance(val, dict)}
         else:
             res = quantize(run.model, mode=v.mode, profile=prof, calibration=run.calib, method=v.method,
                            per_channel=v.per_channel, weight_type=wtype, output=run.outdir / prof.name / f"{v.name}.onnx",
-                           progress=False)
+                           progress=False, **dict(v.options))
             rec.path = str(res.output)
             rec.quant = {"warnings": res.warnings, "quantized_nodes": res.quantized_nodes, "float_nodes": res.float_nodes,
-                         "op_types": res.op_types, "manifest": str(res.manifest)}
+                         "op_types": res.op_types, "manifest": str(res.manifest),
+                         "recipe": {k: res.recipe.to_dict()[k] for k in ("weight_type", "per_channel", "algorithms")},
+                         "algorithms": res.calibration.get("algorithms")}
+            rec.method = res.recipe.calibration.method if res.recipe.calibration else v.method
+            rec.per_channel = res.recipe.per_channel
         rec.size_bytes = size_with_data(rec.path)
     except _VariantFailed as e:
         rec.fail(e.stage, str(e))
@@ -315,7 +375,7 @@ def _evaluate(recs: list[VariantResult], prof: Any, run: _Run) -> None:
                 out = run_model(sess, run.edata, run.primary)
                 if rec.kind == "fp32":
                     ref_out = out
-                rec.metrics = eval_metrics(out, run.edata, ref=ref_out)
+                rec.metrics = eval_metrics(out, run.edata, ref=ref_out, output_name=run.output_name)
                 computable = ref_out is not None or run.metric in ("top1", "top5")
                 rec.quality = headline(rec.metrics, run.metric) if computable else None
                 del sess
@@ -323,6 +383,10 @@ def _evaluate(recs: list[VariantResult], prof: Any, run: _Run) -> None:
                 rec.fail("evaluate", _err(e))
         bar.update()
     bar.close()
+
+
+SLOW_PROBE = 2.0  # a variant over this many times FP32's probe latency is not timed at full rounds
+PROBE_RUNS = 3
 
 
 def _open_for_timing(recs: list[VariantResult], prof: Any, run: _Run) -> list[tuple[VariantResult, Any]]:
@@ -333,12 +397,34 @@ def _open_for_timing(recs: list[VariantResult], prof: Any, run: _Run) -> list[tu
         if not rec.ok:
             continue
         try:
-            sess, info = make_session(rec.path, prof, allow_fallback=run.allow_fallback, threads=run.threads)
+            # no spinning: with many sessions open, idle pool threads spinning steal the cores the timed one needs
+            sess, info = make_session(rec.path, prof, allow_fallback=run.allow_fallback, threads=run.threads, spinning=False)
             rec.latency_providers = {"active": info.active, "fallback": info.fallback, "note": info.note}
             opened.append((rec, sess))
         except Exception as e:  # e.g. the provider did not activate for this model
             rec.latency_note = f"not measured: {_err(e)}"
     return opened
+
+
+def _probe(runnable: list, feeds: dict, run: _Run, b: int) -> list:
+    """A short interleaved probe; variants clearly slower than FP32 keep the probe's numbers and leave the full rounds."""
+    import numpy as np
+
+    from .bench import measure_interleaved
+    from .results import LatencyStats
+
+    times = measure_interleaved([(lambda s=s: s.run(None, feeds)) for _, s in runnable], warmup=1, runs=PROBE_RUNS)
+    meds = {rec.name: float(np.median(t)) for (rec, _), t in zip(runnable, times)}
+    base = next((meds[r.name] for r, _ in runnable if r.kind == "fp32"), None)
+    keep = []
+    for (rec, sess), t in zip(runnable, times):
+        if base and rec.kind != "fp32" and meds[rec.name] > SLOW_PROBE * base:
+            rec.latency[b] = LatencyStats.from_times(t, batch=b, warmup=1)
+            rec.latency_note = (f"probe only at batch {b}: {base / meds[rec.name]:.2f}x FP32 over {PROBE_RUNS} runs (more than "
+                                f"{SLOW_PROBE:g}x slower, so not timed at full rounds)")
+        else:
+            keep.append((rec, sess))
+    return keep
 
 
 def _time(recs: list[VariantResult], prof: Any, run: _Run) -> None:
@@ -357,6 +443,7 @@ def _time(recs: list[VariantResult], prof: Any, run: _Run) -> None:
                 runnable.append((rec, sess))
             except Exception as e:  # recorded for this variant; the others are timed
                 rec.latency_note = f"not measured at batch {b}: {_err(e)}"
+        runnable = _probe(runnable, feeds, run, b) if len(runnable) > 1 else runnable
         if not runnable:
             continue
         fns = [(lambda s=s: s.run(None, feeds)) for _, s in runnable]
@@ -380,6 +467,47 @@ def _low_bit_note(recs: list[VariantResult], prof: Any) -> str | None:
     return None
 
 
+def _cache_key(v: Variant, prof: Any, run: _Run) -> str:
+    """What a variant's record depends on: model, profile, variant, data, settings and onnxq's version."""
+    import hashlib
+    import json
+
+    from . import __version__
+
+    doc = dict(run.cache_base, profile=prof.sha256, variant=[v.name, v.kind, v.mode, v.method, v.per_channel, list(v.options)],
+               weight_type=run.weight_type if v.mode in ("static", "dynamic") else None, onnxq=__version__)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached(v: Variant, prof: Any, run: _Run) -> VariantResult | None:
+    """The record an earlier run left for this exact variant, if its model file is still the one it measured."""
+    import json
+
+    from ._fs import file_sha256
+
+    path = run.outdir / prof.name / f"{v.name}.result.json"
+    if run.fresh or not path.is_file() or v.kind in ("qat", "fp32-control"):
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        rec = VariantResult.from_dict(doc["record"])
+        if doc.get("key") != _cache_key(v, prof, run) or not rec.ok or not rec.path or file_sha256(rec.path) != doc.get("sha256"):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # an unreadable or stale record is rebuilt, never trusted
+    rec.cached = True
+    return rec
+
+
+def _store(v: Variant, prof: Any, run: _Run, rec: VariantResult) -> None:
+    from ._fs import file_sha256
+    from .results import atomic_write, dumps
+
+    if rec.ok and rec.path and v.kind not in ("qat", "fp32-control"):
+        doc = {"key": _cache_key(v, prof, run), "sha256": file_sha256(rec.path), "record": rec.to_dict()}
+        atomic_write(run.outdir / prof.name / f"{v.name}.result.json", dumps(doc))
+
+
 def _run_profile(prof: Any, plan: list[Variant], missing: list[str], run: _Run) -> ProfileResult:
     result = ProfileResult(prof.name, prof.sha256, list(prof.runtime.providers), list(missing), run.primary)
     if missing:
@@ -388,19 +516,31 @@ def _run_profile(prof: Any, plan: list[Variant], missing: list[str], run: _Run) 
             + ("; latency measured on them too (FALLBACK)" if run.allow_fallback else "; latency not measured"))
     bar = _bar(len(plan), f"{prof.name}: build", run.progress)
     for v in plan:
-        result.variants.append(_build(v, prof, run))
+        result.variants.append(_cached(v, prof, run) or _build(v, prof, run))
         bar.update()
     bar.close()
     note = _low_bit_note(result.variants, prof)
     if note:
         result.notes.append(note)
-    _evaluate(result.variants, prof, run)
+    fresh = [r for r in result.variants if not r.cached]
+    if fresh:
+        _evaluate(result.variants, prof, run)  # FP32 first: every variant is scored against this run's FP32 outputs
     if missing and not run.allow_fallback:
         result.latency_note = (f"not measured: provider {', '.join(missing)} missing (measure where it is installed and "
                                "merge with onnxq report, or pass --allow-fallback)")
-    else:
+    elif fresh:  # any new variant: all are timed again together, so every latency comes from one interleaved run
+        for r in result.variants:
+            r.latency, r.speedup, r.latency_note = {}, {}, None
         _time(result.variants, prof, run)
-    result.verdict = verdict(result, budget=run.budget, batch=run.primary)
+    cached = len(result.variants) - len(fresh)
+    if cached:
+        result.notes.append(f"{cached} of {len(result.variants)} variants reused from this folder's cache"
+                            + (" (built, scored and timed in an earlier run with the same model, data and settings)" if not fresh
+                               else " (built and scored earlier; all timed again in this run)"))
+    for v, r in zip(plan, result.variants):
+        if not r.cached:
+            _store(v, prof, run, r)
+    result.verdict = verdict(result, budget=run.budget, batch=run.primary, metric=run.metric)
     return result
 
 
@@ -423,10 +563,12 @@ def compare(
     warmup: int = 5,
     runs: int = 30,
     threads: int | None = None,
-    budget: float = 0.5,
+    budget: float | None = None,
     metric: str | None = None,
     allow_fallback: bool = False,
     weight_type: str | None = None,
+    output_name: str | None = None,
+    fresh: bool = False,
     progress: bool = False,
     log: Any = None,
 ) -> dict[str, Any]:
@@ -440,6 +582,12 @@ def compare(
     (static and dynamic), so they can be set against a QAT task that trains with the same weights;
     the QAT task sets its own. Bad data, an unknown profile, or no runnable profile raise InputError /
     ProfileError / ProviderError before anything is written; a variant's own failure is recorded.
+
+    ``metric`` defaults to top-1 accuracy with labels, else KL for (N, classes) outputs, else cosine;
+    ``budget`` to that metric's :data:`onnxq.verdict.DEFAULT_BUDGETS` entry. ``output_name`` picks the
+    output judged (default: see :func:`onnxq.evaldata.choose_output`). Each variant's record is cached
+    in OUTDIR (keyed by model, profile, variant, data and settings): a rerun builds only what changed;
+    ``fresh`` ignores the cache. OUTDIR holding a compare of another model is refused.
     """
     say = log or (lambda msg: None)
     outdir = Path(outdir)
@@ -451,11 +599,18 @@ def compare(
     planned = {(outdir / p / f"{v.name}.onnx").resolve() for p, vs in plans.items() for v in vs}
     if model.resolve() in planned:
         raise InputError(f"the input model {model} lies where compare writes a variant; choose another -o directory")
-    specs, edata, metric, batches, primary = _check_data(model, calib, eval_data, labels_key, metric, batches, threads,
-                                                         profs[0], say)
+    _check_outdir(outdir, model, fresh)
+    specs, edata, metric, batches, primary, chosen = _check_data(model, calib, eval_data, labels_key, metric, batches, threads,
+                                                                 profs[0], say, output_name)
+    if budget is None:
+        from .verdict import DEFAULT_BUDGETS
+
+        budget = DEFAULT_BUDGETS[metric]
     run = _Run(model, str(calib), edata, specs, metric, outdir, batches, primary, warmup, runs, threads, budget,
-               allow_fallback, progress, task, epochs, weight_type, qat_done)
+               allow_fallback, progress, task, epochs, weight_type, qat_done, output_name=chosen[0], fresh=fresh)
+    run.cache_base = _cache_base(run, calib, eval_data, labels_key)
     doc = _document(run, calib, eval_data, variants)
+    doc["data"].update(output=chosen[0], output_reason=chosen[1])
     for prof in profs:
         doc["profiles"].append(_run_profile(prof, plans[prof.name], missing[prof.name], run).to_dict())
     _write_outputs(doc, outdir)
@@ -473,7 +628,9 @@ def _document(run: _Run, calib: Any, eval_data: Any, variants: Sequence[str] | N
         "batches": run.batches, "primary_batch": run.primary, "warmup": run.warmup, "runs": run.runs,
         "threads": run.threads,
         "threads_label": run.threads if run.threads else "profile default (0 = onnxruntime's: one per physical core)",
-        "budget_points": run.budget, "allow_fallback": run.allow_fallback,
+        "budget_points": run.budget, "budget": _budget_doc(run), "budget_reason": _budget_reason(run),
+        "allow_fallback": run.allow_fallback, "timing": "interleaved; intra-op pool threads do not spin between runs; "
+        f"variants over {SLOW_PROBE:g}x FP32's latency in a {PROBE_RUNS}-run probe keep the probe's numbers",
         "variants_filter": list(variants) if variants else None, "task": run.task, "epochs": run.epochs,
         "weight_type": run.weight_type, "interleaved": True,
     }
@@ -490,6 +647,25 @@ def _document(run: _Run, calib: Any, eval_data: Any, variants: Sequence[str] | N
     )
 
 
+def _budget_doc(run: _Run) -> dict[str, Any]:
+    from .verdict import Budget
+
+    b = Budget(run.metric, float(run.budget))
+    return {"metric": run.metric, "value": run.budget, "text": b.text()}
+
+
+def _budget_reason(run: _Run) -> str:
+    from .verdict import DEFAULT_BUDGETS
+
+    if run.budget != DEFAULT_BUDGETS.get(run.metric):
+        return "--budget"
+    return {"top1": "default: half a point of accuracy", "top5": "default: half a point of accuracy",
+            "agreement": "default: one point of top-1 agreement",
+            "kl": "default for unlabelled classifier outputs, chosen by measurement: benchmarks/results/budgets.md",
+            "cosine": "default for embeddings, chosen by measurement: benchmarks/results/budgets.md",
+            "sqnr": "default"}.get(run.metric, "")
+
+
 def _plot_series(doc: dict[str, Any]) -> dict[str, list[tuple[str, float, float]]]:
     series: dict[str, list[tuple[str, float, float]]] = {}
     b = str(doc["settings"]["primary_batch"])
@@ -498,7 +674,8 @@ def _plot_series(doc: dict[str, Any]) -> dict[str, list[tuple[str, float, float]
         for v in prof["variants"]:
             med = ((v.get("latency") or {}).get(b) or {}).get("median_ms")
             if v["status"] == "ok" and v.get("quality") is not None and med:
-                pts.append((v["name"], float(med), 100.0 * float(v["quality"])))
+                q = float(v["quality"])
+                pts.append((v["name"], float(med), 100.0 * q if doc["data"]["metric"] in ("top1", "top5", "agreement") else q))
         if pts:
             series[prof["profile"]] = pts
     return series
@@ -516,7 +693,8 @@ def _write_outputs(doc: dict[str, Any], outdir: Path) -> None:
     else:
         try:
             write_pareto_plot(series, outdir / "pareto.png", xlabel=f"median latency at batch {b} (ms)",
-                              ylabel=doc["data"]["metric_label"] + " (x100)", title="accuracy vs latency per profile")
+                              ylabel=doc["data"]["metric_label"] + (" (x100)" if doc["data"]["metric"] in ("top1", "top5", "agreement") else ""),
+                              title="quality vs latency per profile")
             doc["plot"] = "pareto.png"
         except ImportError:
             doc["plot_note"] = "plot skipped: matplotlib is not installed (pip install 'onnxq[plot]')"

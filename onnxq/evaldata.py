@@ -164,10 +164,8 @@ def eval_metrics(
     output_name: str | None = None,
 ) -> dict[str, Any]:
     """Task accuracy (top-1/top-5, with labels) on one output; fidelity (+ MSE) vs ``ref`` per output."""
-    if output_name is not None and output_name not in outputs:
-        raise InputError(f"the model has no output {output_name!r}; its outputs are {list(outputs)}")
-    main = output_name or next(iter(outputs))
-    res: dict[str, Any] = {"output": main, "samples": data.count}
+    main, why = choose_output(outputs, output_name)
+    res: dict[str, Any] = {"output": main, "output_reason": why, "samples": data.count}
     if data.labels is not None:
         logits = outputs[main]
         if not is_classifier_output(logits):
@@ -196,23 +194,32 @@ def eval_metrics(
 
 
 def headline(metrics: dict[str, Any], metric: str) -> float:
-    """The value of ``metric`` (top1, top5, cosine, mse, agreement) from :func:`eval_metrics` output."""
-    main = metrics["output"]
-    if metric in ("top1", "top5"):
-        if "accuracy" not in metrics:
-            raise InputError(f"--metric {metric} needs labels in the evaluation data (set the key with --labels)")
-        if metric not in metrics["accuracy"]:
-            raise InputError(f"--metric top5 needs more than 5 classes; output {main!r} has fewer")
-        return float(metrics["accuracy"][metric])
-    if "fidelity" not in metrics:
-        raise InputError(f"--metric {metric} compares against a reference model: pass --ref FP32.onnx")
-    f = metrics["fidelity"][main]
-    if metric == "agreement":
-        if "top1_agreement" not in f:
-            raise InputError(f"top-1 agreement needs (N, classes) scores; output {main!r} is not one: use --metric cosine")
-        return float(f["top1_agreement"])
-    if metric == "cosine":
-        return float(f["cosine"])
-    if metric == "mse":
-        return float(f["mse"])
-    raise InputError(f"unknown metric {metric!r}; choose top1, top5, cosine, mse or agreement")
+    """The value of ``metric`` from :func:`eval_metrics` output (see :func:`onnxq.verdict.metric_value`)."""
+    from .verdict import metric_value
+
+    return metric_value(metrics, metric)
+
+
+PREFERRED_OUTPUTS = ("sentence_embedding", "embedding", "pooler_output", "pooled", "logits", "probabilities", "scores")
+HIDDEN_OUTPUTS = ("last_hidden_state", "hidden_state", "hidden_states", "attentions")
+
+
+def choose_output(outputs: dict[str, np.ndarray], output_name: str | None = None) -> tuple[str, str]:
+    """(output to judge, why): the named one, else the one a user judges (an embedding, pooled or logits output
+    before a hidden state), else the first."""
+    names = list(outputs)
+    if output_name is not None:
+        if output_name not in outputs:
+            raise InputError(f"the model has no output {output_name!r}; its outputs are {names}: pick one with --output-name")
+        return output_name, "--output-name"
+    if len(names) == 1:
+        return names[0], "the only output"
+    for pref in PREFERRED_OUTPUTS:
+        for n in names:
+            if pref in n.lower():
+                return n, f"named like {pref!r} (of {names}; --output-name picks another)"
+    plain = [n for n in names if not any(h in n.lower() for h in HIDDEN_OUTPUTS)]
+    two_d = [n for n in plain if np.asarray(outputs[n]).ndim == 2]
+    if two_d:
+        return two_d[0], f"the first (N, features) output that is not a hidden state (of {names}; --output-name picks another)"
+    return names[0], f"the first output (of {names}; --output-name picks another)"

@@ -148,6 +148,7 @@ class AlgorithmSpec:
     smoothquant: str | float | None = None  # None: off; "auto": alpha searched; a float: that alpha
     cle: bool = False
     notes: tuple[str, ...] = ()  # why a requested algorithm does not apply to this graph
+    asked: tuple[str, ...] = ()  # the ones the caller asked for explicitly (refused, not skipped, when they cannot run)
 
 
 @dataclass(frozen=True)
@@ -325,7 +326,7 @@ def _algorithms(profile: Profile, facts: GraphFacts, o: Overrides, mode: str, op
         notes.append("cle: no Conv in this graph")
         cle = False
     return AlgorithmSpec(bias_correction=bc, smoothquant=float(sq) if isinstance(sq, (int, float)) else sq, cle=cle,
-                         notes=tuple(notes))
+                         notes=tuple(notes), asked=tuple(sorted(asked)))
 
 
 def _target(o: Overrides, mode: str) -> TargetSpec | None:

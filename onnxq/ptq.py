@@ -560,13 +560,18 @@ def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random, ref_path
     alg = recipe.algorithms
     algorithms: dict[str, Any] = equalize_graph(pre, recipe, calib_part, holdout, ref_path, profile, tmp, progress=progress)
     layers = weight_layers(pre, recipe.op_types, recipe.excluded_nodes) if alg.bias_correction != "none" else []
+    early: list[str] = []
     if layers and calib_part.count < bc.MIN_SAMPLES:
-        raise InputError(f"bias correction needs at least {bc.MIN_SAMPLES} calibration samples (besides the {holdout.count} "
-                         f"held out), got {calib_part.count}; give more data or --bias-correction none")
+        if "bias_correction" in alg.asked:
+            raise InputError(f"bias correction needs at least {bc.MIN_SAMPLES} calibration samples (besides the {holdout.count} "
+                             f"held out), got {calib_part.count}; give more data or --bias-correction none")
+        early.append(f"bias correction skipped: {calib_part.count} calibration samples (besides the {holdout.count} held out) "
+                     f"are fewer than the {bc.MIN_SAMPLES} it needs")
+        layers = []
     means = {l.node.input[0]: bc.MeanInput() for l in layers}
     report = calibrate(pre, recipe, calib_part, progress=progress, observers=means)
     kept = float_nodes_for(pre, report)
-    warns = []
+    warns = early
     if report.float_tensors:
         warns.append(f"kept {len(kept)} node(s) in float around {len(report.float_tensors)} tensor(s) with non-finite or huge "
                      "values: " + ", ".join(f"{k} ({v})" for k, v in list(report.float_tensors.items())[:3]))

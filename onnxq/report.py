@@ -189,33 +189,52 @@ def eval_table(doc: dict[str, Any], tablefmt: str = "simple") -> str:
     return tabulate(rows, tablefmt=tablefmt, disable_numparse=True)
 
 
-_METRIC_LABELS = {"top1": "top-1 %", "top5": "top-5 %", "agreement": "top-1 agree %", "cosine": "cosine x100"}
+_METRIC_LABELS = {"top1": "top-1 %", "top5": "top-5 %", "agreement": "top-1 agree %", "cosine": "cosine", "kl": "KL",
+                  "sqnr": "SQNR dB"}
+_POINTS = ("top1", "top5", "agreement")
+
+
+def quality_text(q: float | None, metric: str) -> str:
+    if q is None:
+        return "-"
+    if metric in _POINTS:
+        return f"{100 * q:.2f}"
+    return {"kl": f"{q:.4f}", "cosine": f"{q:.5f}", "sqnr": f"{q:.1f}"}.get(metric, f"{q:.4f}")
 
 
 def compare_table(prof: dict[str, Any], metric: str, batches: list[int], tablefmt: str = "github", error_width: int | None = 60) -> str:
-    """One profile of an ``onnxq compare`` result: quality, delta vs FP32, size, latency, speedup."""
+    """One profile of an ``onnxq compare`` result: quality, delta vs FP32 (accuracy metrics), size, latency, speedup."""
     fp32 = next((v for v in prof["variants"] if v["name"] == "fp32"), None)
     ref = _num(fp32.get("quality")) if fp32 else None
     main_b = str(max(batches)) if batches else None
+    points = metric in _POINTS
     rows = []
     for v in prof["variants"]:
         q = _num(v.get("quality"))
         delta = f"{round(100 * (q - ref), 2) + 0.0:+.2f}" if q is not None and ref is not None else "-"
         lat = v.get("latency") or {}
-        note = v.get("error") or v.get("latency_note") or ""
+        note = v.get("error") or v.get("latency_note") or ("cached" if v.get("cached") else "")
         if (v.get("eval_providers") or {}).get("fallback") or (v.get("latency_providers") or {}).get("fallback"):
             note = ("FALLBACK " + note).strip()
         if error_width and len(note) > error_width:
             note = note[: error_width - 3] + "..."
-        row = [v["name"], "ok" if v["status"] == "ok" else v["status"].upper(),
-               f"{100 * q:.2f}" if q is not None else "-", delta,
-               human_size(v["size_bytes"]) if v.get("size_bytes") else "-"]
+        row = [v["name"], "ok" if v["status"] == "ok" else v["status"].upper(), quality_text(q, metric)]
+        if points:
+            row.append(delta)
+        row.append(human_size(v["size_bytes"]) if v.get("size_bytes") else "-")
         row += [_ms((lat.get(str(b)) or {}).get("median_ms")) for b in batches]
         row += [_x((v.get("speedup") or {}).get(main_b)) if main_b else "-", note]
         rows.append(row)
-    headers = ["variant", "status", _METRIC_LABELS.get(metric, metric), "delta pts", "size"]
+    headers = ["variant", "status", _METRIC_LABELS.get(metric, metric)] + (["delta pts"] if points else []) + ["size"]
     headers += [f"ms @{b}" for b in batches] + [f"speedup @{main_b}", "note"]
     return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def _budget_line(s: dict[str, Any], data: dict[str, Any]) -> str:
+    b = s.get("budget") or {"metric": data.get("metric"), "text": f"{s.get('budget_points', 0.5):g} points"}
+    why = s.get("budget_reason") or ""
+    return f"- budget for the verdict: {b['text']}" + (f" of {data.get('metric_label')}" if b.get("metric") in _POINTS else "") + (
+        f" ({why})" if why else "")
 
 
 def compare_markdown(doc: dict[str, Any]) -> str:
@@ -230,7 +249,8 @@ def compare_markdown(doc: dict[str, Any]) -> str:
         f"- calibration: `{data.get('calib')}`",
         f"- latency: batches {', '.join(map(str, s['batches']))}; {s['warmup']} warm-up + {s['runs']} timed runs per variant, "
         f"interleaved; intra-op threads {s.get('threads_label', s.get('threads'))}",
-        f"- accuracy budget for the verdict: {s['budget_points']:g} points",
+        _budget_line(s, data),
+        *([f"- judged output: `{data['output']}` ({data.get('output_reason', '')})"] if data.get("output") else []),
         *_compare_setup_lines(doc),
         f"- {host_summary(doc['host'])}",
         f"- written {doc['created']} by onnxq {doc['onnxq']}",

@@ -87,6 +87,7 @@ def make_session(
     allow_fallback: bool = False,
     threads: int | None = None,
     optimized_model_path: str | None = None,
+    spinning: bool | None = None,
 ) -> tuple[ort.InferenceSession, SessionInfo]:
     """Create a session on the profile's providers; raise ProviderError on a silent fallback."""
     required = required_providers(profile)
@@ -112,6 +113,8 @@ def make_session(
         so.intra_op_num_threads = n
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if spinning is False:  # idle pool threads sleep instead of spinning (several sessions timed interleaved)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_model_path:
         so.optimized_model_filepath = optimized_model_path
     src = model if isinstance(model, bytes) else os.fspath(model)

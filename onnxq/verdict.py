@@ -19,7 +19,7 @@ from typing import Any
 
 from .results import LatencyStats, num
 
-__all__ = ["VariantResult", "ProfileResult", "verdict", "MEASURABLY_FASTER", "NOT_SLOWER"]
+__all__ = ["VariantResult", "ProfileResult", "Budget", "verdict", "MEASURABLY_FASTER", "NOT_SLOWER", "POINT_METRICS", "LABELLED", "metric_value", "METRIC_HELP", "DEFAULT_BUDGETS"]
 
 # A variant must beat FP32 by this factor to be recommended over it (10%, the band within which
 # the verdict also calls two latencies "the same": run-to-run noise on a shared CPU is of that order).
@@ -52,6 +52,7 @@ class VariantResult:
     latency: dict[int, LatencyStats] = field(default_factory=dict)
     speedup: dict[int, float] = field(default_factory=dict)
     latency_note: str | None = None
+    cached: bool = False  # reused from the output folder's cache (built in an earlier run)
 
     @property
     def ok(self) -> bool:
@@ -68,7 +69,7 @@ class VariantResult:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["latency"] = {str(b): st.to_dict() for b, st in self.latency.items()}
         d["speedup"] = {str(b): s for b, s in self.speedup.items()}
-        return {k: v for k, v in d.items() if v is not None and v != {}}
+        return {k: v for k, v in d.items() if v is not None and v != {} and not (k == "cached" and v is False)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VariantResult":
@@ -107,22 +108,108 @@ class ProfileResult:
         return cls(**kw)
 
 
+METRIC_HELP = {
+    "top1": "top-1 accuracy (labels)", "top5": "top-5 accuracy (labels)", "agreement": "top-1 agreement with FP32",
+    "kl": "mean KL(softmax FP32 || softmax variant)", "cosine": "mean per-sample cosine to FP32", "sqnr": "SQNR vs FP32 (dB)",
+}
+
+
+def metric_value(metrics: dict[str, Any], metric: str) -> float:
+    """The value of ``metric`` for the judged output of an eval/compare metrics record (stdlib; re-derivable)."""
+    from .errors import InputError
+
+    main = metrics["output"]
+    if metric in ("top1", "top5"):
+        acc = metrics.get("accuracy")
+        if not acc:
+            raise InputError(f"--metric {metric} needs labels in the evaluation data (set the key with --labels)")
+        if metric not in acc:
+            raise InputError(f"--metric top5 needs more than 5 classes; output {main!r} has fewer")
+        return float(acc[metric])
+    fid = (metrics.get("fidelity") or {}).get(main)
+    if fid is None:
+        raise InputError(f"--metric {metric} compares against a reference model: pass --ref FP32.onnx")
+    key = {"agreement": "top1_agreement", "kl": "kl_mean", "cosine": "cosine_mean", "sqnr": "sqnr_db", "mse": "mse"}.get(metric)
+    if key is None:
+        raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRIC_HELP)} (or mse)")
+    if key not in fid:
+        if metric in ("agreement", "kl"):
+            raise InputError(f"--metric {metric} needs (N, classes) scores; output {main!r} is not one: use --metric cosine "
+                             "(or name the logits output with --output-name)")
+        key = "cosine" if metric == "cosine" else key
+    v = num(fid.get(key))
+    if v is None:
+        raise InputError(f"the metrics record has no {key!r} for output {main!r}")
+    return v
+
+
 def _signed(x: float, digits: int = 1) -> str:
     """'+1.2' / '-0.3', and '+0.0' rather than '-0.0' for a value that rounds to zero."""
     return f"{round(x, digits) + 0.0:+.{digits}f}"
 
 
+# Defaults for the verdict's budget, by metric (see benchmarks/results/budgets.md for how KL and cosine were chosen).
+DEFAULT_BUDGETS = {"top1": 0.5, "top5": 0.5, "agreement": 1.0, "kl": 0.05, "cosine": 0.99, "sqnr": 20.0}
+POINT_METRICS = ("top1", "top5", "agreement")  # accuracies: the budget is points (x100) lost against FP32
+LOWER_IS_BETTER = ("kl",)
+LABELLED = ("top1", "top5")  # need labels; QAT can only train against these
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How close to FP32 a variant must stay: points of an accuracy, or a bound on KL / cosine / SQNR."""
+
+    metric: str
+    value: float
+
+    @property
+    def points(self) -> bool:
+        return self.metric in POINT_METRICS
+
+    def key(self, q: float) -> float:
+        """Higher is better, whatever the metric."""
+        return -q if self.metric in LOWER_IS_BETTER else q
+
+    def within(self, fp32_q: float, q: float) -> bool:
+        if self.points:
+            return 100.0 * (fp32_q - q) <= self.value + 1e-9
+        if self.metric in LOWER_IS_BETTER:
+            return q <= self.value + 1e-12
+        return q >= self.value - 1e-12
+
+    def text(self) -> str:
+        if self.points:
+            return f"{self.value:g} points"
+        return {"kl": f"KL <= {self.value:g}", "cosine": f"cosine >= {self.value:g}", "sqnr": f"SQNR >= {self.value:g} dB"}.get(
+            self.metric, f"{self.metric} {self.value:g}")
+
+    def within_phrase(self) -> str:
+        """'within 0.5 points of FP32' / 'within the budget (KL <= 0.05)'."""
+        return f"within {self.value:g} points of FP32" if self.points else f"within the budget ({self.text()})"
+
+    def show(self, q: float) -> str:
+        """A variant's value in words: '0.012 KL', 'cosine 0.9961'."""
+        return {"kl": f"KL {q:.4f}", "cosine": f"cosine {q:.4f}", "sqnr": f"SQNR {q:.1f} dB"}.get(self.metric, f"{100 * q:.2f}")
+
+
 class _Facts:
     """Derived numbers for one verdict: points, losses, speed-ups at the verdict's batch."""
 
-    def __init__(self, fp32: VariantResult, batch: int):
-        self.fp32, self.batch = fp32, batch
+    def __init__(self, fp32: VariantResult, batch: int, budget: Budget):
+        self.fp32, self.batch, self.b = fp32, batch, budget
 
     def pts(self, v: VariantResult) -> float:
         return 100.0 * float(v.quality)
 
     def loss(self, v: VariantResult) -> float:
+        """Points below FP32 (accuracy metrics only)."""
         return self.pts(self.fp32) - self.pts(v)
+
+    def within(self, v: VariantResult) -> bool:
+        return self.b.within(float(self.fp32.quality), float(v.quality))
+
+    def rank(self, v: VariantResult) -> float:
+        return self.b.key(float(v.quality))
 
     def spd(self, v: VariantResult) -> float | None:
         return v.speedup.get(self.batch)
@@ -130,25 +217,49 @@ class _Facts:
     def med(self, v: VariantResult) -> float | None:
         return v.median_ms(self.batch)
 
+    def vs_fp32(self, v: VariantResult) -> str:
+        """'+0.3 points' for accuracies, the metric's own value otherwise."""
+        return f"{_signed(-self.loss(v))} points" if self.b.points else self.b.show(float(v.quality))
 
-def _ptq_sentence(f: _Facts, ptq: list[VariantResult], qat: VariantResult | None, budget: float, facts: dict) -> str:
-    """Rule 2: is PTQ enough, and if not, does QAT recover the loss?"""
+
+def _no_labels_next(f: _Facts) -> str:
+    return (f"QAT needs labels (or a distillation setup) that this evaluation data does not have; next PTQ step: keep the "
+            f"most sensitive nodes in float (onnxq quantize --target {f.b.metric if f.b.metric in ('kl', 'cosine', 'sqnr') else 'top1'}="
+            f"{f.b.value:g}), or a bias-corrected / equalized static variant")
+
+
+def _ptq_sentence(f: _Facts, ptq: list[VariantResult], qat: VariantResult | None, control: VariantResult | None,
+                  facts: dict) -> str:
+    """Rule 2: is PTQ enough, and if not, does QAT recover the loss (and is that quantization or training)?"""
     if not ptq:
         if qat is not None:
-            return f"No PTQ variant succeeded; QAT is {f.loss(qat):.1f} points below FP32."
+            return f"No PTQ variant succeeded; QAT is {f.vs_fp32(qat)} vs FP32."
         return "No quantized variant succeeded."
-    best = max(ptq, key=lambda v: (round(f.pts(v), 9), f.spd(v) or 0.0))
-    lost = f.loss(best)
-    facts.update(best_ptq=best.name, ptq_loss_points=lost)
-    if lost <= budget:
-        at = f" at {f.spd(best):.1f}x speed" if f.spd(best) is not None else ""
-        closeness = f"within {lost:.1f} points of FP32" if lost >= 0.05 else (
-            f"{-lost:.1f} points above FP32" if lost <= -0.05 else "on par with FP32")
-        tail = ": QAT not needed" + (f" (QAT: {_signed(-f.loss(qat))} points vs FP32)" if qat is not None else "")
+    best = max(ptq, key=lambda v: (round(f.rank(v), 9), f.spd(v) or 0.0))
+    facts["best_ptq"] = best.name
+    if f.b.points:
+        facts["ptq_loss_points"] = f.loss(best)
+    at = f" at {f.spd(best):.1f}x speed" if f.spd(best) is not None else ""
+    if f.within(best):
+        if f.b.points:
+            lost = f.loss(best)
+            closeness = f"within {lost:.1f} points of FP32" if lost >= 0.05 else (
+                f"{-lost:.1f} points above FP32" if lost <= -0.05 else "on par with FP32")
+        else:
+            closeness = f"within the budget ({f.b.show(float(best.quality))}; {f.b.text()})"
+        tail = ": QAT not needed" + (f" (QAT: {f.vs_fp32(qat)} vs FP32)" if qat is not None else "")
         return f"PTQ {best.label} is {closeness}{at}{tail}."
+    if not f.b.points:
+        miss = f"The best PTQ variant ({best.label}) misses the budget: {f.b.show(float(best.quality))} ({f.b.text()}). "
+        if qat is None:
+            return miss + _no_labels_next(f) + "."
+        return miss + f"QAT: {f.vs_fp32(qat)}" + (" (within the budget)." if f.within(qat) else " (outside it too).")
+    lost = f.loss(best)
     if qat is None:
-        return (f"The best PTQ variant ({best.label}) loses {lost:.1f} points against FP32 (budget {budget:g}): try QAT "
-                "(--task), or keep the most sensitive layers in float (--exclude-op-types / --exclude-nodes).")
+        if f.b.metric not in LABELLED:
+            return f"The best PTQ variant ({best.label}) loses {lost:.1f} points against FP32 (budget {f.b.value:g}): " + _no_labels_next(f) + "."
+        return (f"The best PTQ variant ({best.label}) loses {lost:.1f} points against FP32 (budget {f.b.value:g}): try QAT "
+                "(--task), or keep the most sensitive nodes in float (onnxq quantize --target ...).")
     lq = f.loss(qat)
     rec = lost - lq
     facts.update(qat_loss_points=lq, qat_recovered_points=rec)
@@ -160,10 +271,25 @@ def _ptq_sentence(f: _Facts, ptq: list[VariantResult], qat: VariantResult | None
         ratio = mq / mp
         lat = " at the same latency" if abs(ratio - 1) <= 0.10 else f" at {ratio:.2f}x the latency of PTQ"
     s = f"QAT recovers {min(rec, lost):.1f} of {lost:.1f} points lost by PTQ{lat}"
-    return s + (": use QAT rather than PTQ." if lq <= budget else f"; it is still {lq:.1f} points below FP32.")
+    s += ": use QAT rather than PTQ." if lq <= f.b.value else f"; it is still {lq:.1f} points below FP32."
+    return s
 
 
-def _unless_size(f: _Facts, within: list[VariantResult], budget: float) -> str:
+def _control_sentence(f: _Facts, qat: VariantResult | None, control: VariantResult | None, facts: dict) -> str | None:
+    """QAT against an FP32 control fine-tuned with the same steps: training gain vs quantization gap."""
+    if qat is None or control is None or not f.b.points:
+        return None
+    gain = -f.loss(control)  # the control's points above the original FP32
+    gap = f.pts(control) - f.pts(qat)  # QAT's points below its own control
+    facts.update(training_gain_points=gain, qat_quantization_gap_points=gap)
+    s = (f"Against its FP32 control (fine-tuned for the same steps): QAT's quantization gap is {gap:.1f} points; the training "
+         f"itself moved FP32 by {_signed(gain)} points")
+    if gain > 0.05 and -f.loss(qat) > 0:
+        s += f", so QAT's {_signed(-f.loss(qat))} points over the original FP32 are training, not quantization"
+    return s + "."
+
+
+def _unless_size(f: _Facts, within: list[VariantResult]) -> str:
     """When FP32 is kept for speed but a quantized variant within budget is much smaller, say so."""
     fs = f.fp32.size_bytes
     small = [v for v in within if v.kind != "fp32" and v.size_bytes and fs and v.size_bytes < 0.9 * fs]
@@ -173,24 +299,25 @@ def _unless_size(f: _Facts, within: list[VariantResult], budget: float) -> str:
     not_slow = [v for v in small if (f.spd(v) or 0.0) >= NOT_SLOWER]
     v = min(not_slow, key=lambda v: v.size_bytes) if not_slow else max(small, key=lambda v: (f.spd(v) or 0.0, -v.size_bytes))
     at = f" and {f.spd(v):.2f}x its speed" if f.spd(v) is not None else ""
-    return f", unless size matters: {v.label} is within {budget:g} points at {v.size_bytes / fs:.2f}x its size{at}"
+    where = f"within {f.b.value:g} points" if f.b.points else "within the budget"
+    return f", unless size matters: {v.label} is {where} at {v.size_bytes / fs:.2f}x its size{at}"
 
 
-def _speed_sentences(f: _Facts, ok: list[VariantResult], within: list[VariantResult], budget: float) -> tuple[str, list[str]]:
+def _speed_sentences(f: _Facts, ok: list[VariantResult], within: list[VariantResult]) -> tuple[str, list[str]]:
     """Rule 3 with latency: the fastest variant within budget, if measurably faster than FP32."""
     b = f.batch
     fastest = max((v for v in within if f.spd(v) is not None), key=lambda v: f.spd(v) or 0.0)
     if fastest.kind != "fp32" and (f.spd(fastest) or 0.0) < MEASURABLY_FASTER:
         # within the noise band of a shared machine: recommending it would rest on noise
-        out = [f"No variant within {budget:g} points of FP32 is measurably faster than FP32 at batch {b} "
-               f"(fastest: {fastest.label}, {f.spd(fastest):.2f}x; {MEASURABLY_FASTER:g}x needed): keep FP32{_unless_size(f, within, budget)}."]
+        out = [f"No variant {f.b.within_phrase()} is measurably faster than FP32 at batch {b} "
+               f"(fastest: {fastest.label}, {f.spd(fastest):.2f}x; {MEASURABLY_FASTER:g}x needed): keep FP32{_unless_size(f, within)}."]
         recommended = f.fp32.name
     elif fastest.kind == "fp32":
-        out = [f"No variant within {budget:g} points of FP32 is faster than FP32 at batch {b}: keep FP32{_unless_size(f, within, budget)}."]
+        out = [f"No variant {f.b.within_phrase()} is faster than FP32 at batch {b}: keep FP32{_unless_size(f, within)}."]
         recommended = fastest.name
     else:
-        out = [f"Fastest within {budget:g} points: {fastest.label}, {f.spd(fastest):.1f}x FP32 at batch {b} "
-               f"({_signed(-f.loss(fastest))} points)."]
+        where = f"within {f.b.value:g} points" if f.b.points else f"within the budget ({f.b.text()})"
+        out = [f"Fastest {where}: {fastest.label}, {f.spd(fastest):.1f}x FP32 at batch {b} ({f.vs_fp32(fastest)})."]
         recommended = fastest.name
     slow = [v for v in ok if v.kind != "fp32" and f.spd(v) is not None and f.spd(v) < NOT_SLOWER]
     if slow:
@@ -198,15 +325,19 @@ def _speed_sentences(f: _Facts, ok: list[VariantResult], within: list[VariantRes
     return recommended, out
 
 
-def verdict(prof: ProfileResult, *, budget: float = 0.5, batch: int | None = None) -> dict[str, Any]:
+def verdict(prof: ProfileResult, *, budget: float = 0.5, batch: int | None = None, metric: str = "top1") -> dict[str, Any]:
     """Plain-words verdict for one profile's variants.
 
-    ``budget``: accuracy points (quality x 100) a variant may lose against FP32. Rules, in order:
+    ``budget``: for accuracies (``top1``, ``top5``, ``agreement``) the points (quality x 100) a variant
+    may lose against FP32; for ``kl`` an upper bound, for ``cosine`` / ``sqnr`` a lower bound. Rules:
 
     1. FP32 failed -> no verdict.
-    2. Best PTQ (highest quality, then fastest) within budget -> "... within X points of FP32 at
-       S x speed: QAT not needed". Else with QAT: "QAT recovers R of L points lost by PTQ at the
-       same latency" (latencies within 10%) or "at K x the latency of PTQ"; without QAT: "try QAT".
+    2. Best PTQ (best quality, then fastest) within budget -> "... within X points of FP32 at S x
+       speed: QAT not needed". Else with QAT: "QAT recovers R of L points lost by PTQ at the same
+       latency" (latencies within 10%) or "at K x the latency of PTQ"; without QAT: "try QAT" when
+       there are labels, and when there are none: QAT needs labels or distillation, and the next PTQ
+       step to try. With an FP32 control (fine-tuned for QAT's steps): the training gain and QAT's
+       quantization gap are stated apart.
     3. Fastest variant within budget (latency measured) is the recommendation if it is measurably
        faster than FP32 (>= 1.1x, the same 10% band as "same latency"), else FP32, naming for
        when size matters the smallest variant within budget under 0.9x FP32's size that is not
@@ -221,14 +352,21 @@ def verdict(prof: ProfileResult, *, budget: float = 0.5, batch: int | None = Non
     if fp32 is None:
         why = next((v.error or "" for v in prof.variants if v.kind == "fp32"), "not built")
         return {"text": f"No verdict: the FP32 reference failed ({why}).", "recommended": None, "sentences": []}
-    f = _Facts(fp32, b)
-    facts: dict[str, Any] = {"budget_points": budget, "batch": str(b)}
+    spec = Budget(metric, float(budget))
+    f = _Facts(fp32, b, spec)
+    facts: dict[str, Any] = {"budget": {"metric": metric, "value": budget, "text": spec.text()}, "batch": str(b)}
+    if spec.points:
+        facts["budget_points"] = budget
     ptq = [v for v in ok if v.kind == "ptq"]
     qat = next((v for v in ok if v.kind == "qat"), None)
-    sentences = [_ptq_sentence(f, ptq, qat, budget, facts)]
-    within = [v for v in ok if f.loss(v) <= budget]
+    control = next((v for v in ok if v.kind == "fp32-control"), None)
+    sentences = [_ptq_sentence(f, ptq, qat, control, facts)]
+    extra = _control_sentence(f, qat, control, facts)
+    if extra:
+        sentences.append(extra)
+    within = [v for v in ok if v.kind != "fp32-control" and f.within(v)]
     if f.spd(fp32) is not None:
-        recommended, more = _speed_sentences(f, ok, within, budget)
+        recommended, more = _speed_sentences(f, [v for v in ok if v.kind != "fp32-control"], within)
         sentences += more
     else:
         quantized = [v for v in within if v.kind != "fp32"]
@@ -239,4 +377,3 @@ def verdict(prof: ProfileResult, *, budget: float = 0.5, batch: int | None = Non
         sentences.append("Failed: " + "; ".join(f"{v.name} ({v.error or '?'})" for v in failed) + ".")
     facts["recommended"] = recommended
     return {"text": " ".join(sentences), "recommended": recommended, "sentences": sentences, "facts": facts}
-

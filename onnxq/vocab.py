@@ -46,9 +46,11 @@ COMPARE_METRICS = {
     "top1": "top-1 accuracy",
     "top5": "top-5 accuracy",
     "agreement": "top-1 agreement with FP32",
-    "cosine": "cosine similarity to FP32",
+    "kl": "mean KL divergence from FP32 (softmax)",
+    "cosine": "mean cosine similarity to FP32",
+    "sqnr": "SQNR vs FP32 (dB)",
 }
-EVAL_METRICS = ("top1", "top5", "cosine", "mse", "agreement")
+EVAL_METRICS = ("top1", "top5", "cosine", "mse", "agreement", "kl", "sqnr")
 
 
 def percentile_problem(value: float) -> str | None:

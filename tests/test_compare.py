@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import types
@@ -136,9 +137,11 @@ def test_verdict_recommends_nothing_within_the_noise_band():
 
 def test_variant_registry_and_profile_modes():
     names = [v.name for v in VARIANTS]
-    assert names[0] == "fp32" and "static-pc-percentile" in names and names[-1] == "qat" and len(names) == 10
+    assert names[0] == "fp32" and "static-pc-percentile" in names and names[-2:] == ["qat", "qat-control"] and len(names) == 13
+    assert {"static-default", "static-pt-cle-bc"} <= set(names)
     cpu = [v.name for v in plan_variants(load_profile("cpu-x86-vnni"))]
-    assert cpu == names[:-1]
+    assert cpu == names[:-2]
+    assert [v.name for v in plan_variants(load_profile("cpu-x86-vnni"), with_qat=True)][-2:] == ["qat", "qat-control"]
     trt = [v.name for v in plan_variants(load_profile("tensorrt"), with_qat=True)]
     assert "dynamic" not in trt and "fp16" in trt and "qat" in trt
     sel = [v.name for v in plan_variants(load_profile("cpu-x86-vnni"), ["static-pc-*", "fp16"])]
@@ -423,3 +426,76 @@ def test_eval_bad_input_exit_2(mlp_case, tmp_path, case):
     out = tmp_path / "r.json"
     assert main(["eval", str(model), "--data", str(ev), "--profile", "cpu-x86-vnni", "-q", "-o", str(out), *args]) == 2
     assert not out.exists()
+
+
+# -- quality without labels, the judged output, the cache, the QAT control -------------------------------------------
+
+
+def test_verdict_without_labels_never_proposes_qat_without_saying_it_needs_labels():
+    p = _prof(_v("fp32", "fp32", 0.0, 1.0), _v("static-pc-minmax", "ptq", 0.08, 2.0, label="static per-channel (minmax)"))
+    v = verdict(p, budget=0.05, metric="kl")
+    assert v["sentences"][0].startswith("The best PTQ variant (static per-channel (minmax)) misses the budget: KL 0.0800 (KL <= 0.05).")
+    assert "QAT needs labels (or a distillation setup)" in v["text"] and "--target kl=0.05" in v["text"]
+    assert v["recommended"] == "fp32"
+    ok = _prof(_v("fp32", "fp32", 0.0, 1.0), _v("s", "ptq", 0.01, 2.0))
+    v = verdict(ok, budget=0.05, metric="kl")
+    assert v["sentences"][0] == "PTQ s is within the budget (KL 0.0100; KL <= 0.05) at 2.0x speed: QAT not needed."
+    assert v["recommended"] == "s" and "Fastest within the budget (KL <= 0.05): s, 2.0x FP32" in v["text"]
+    cos = _prof(_v("fp32", "fp32", 1.0, 1.0), _v("s", "ptq", 0.993, 1.8), _v("d", "ptq", 0.97, 2.5))
+    v = verdict(cos, budget=0.99, metric="cosine")
+    assert v["recommended"] == "s" and "cosine 0.9930" in v["text"]
+
+
+def test_verdict_separates_training_gain_from_quantization_gap():
+    p = _prof(_v("fp32", "fp32", 0.9241, 1.0), _v("s", "ptq", 0.9200, 2.0), _v("qat", "qat", 0.9463, 2.0, label="QAT"),
+              _v("qat-control", "fp32-control", 0.9480, 1.0, label="FP32 control"))
+    v = verdict(p, budget=0.5)
+    assert v["sentences"][0].startswith("PTQ s is within 0.4 points of FP32")
+    assert ("Against its FP32 control (fine-tuned for the same steps): QAT's quantization gap is 0.2 points; the training itself "
+            "moved FP32 by +2.4 points, so QAT's +2.2 points over the original FP32 are training, not quantization.") in v["text"]
+    assert v["facts"]["training_gain_points"] == pytest.approx(2.39) and v["recommended"] != "qat-control"
+
+
+def test_compare_without_labels_judges_by_kl_and_names_the_output(mlp_case, tmp_path, capsys):
+    d, model = mlp_case
+    np.savez(tmp_path / "unlabelled.npz", x=np.load(d / "eval.npz")["x"])
+    rc = main(["compare", str(model), "--calib", str(d / "calib.npz"), "--eval", str(tmp_path / "unlabelled.npz"),
+               "-o", str(tmp_path / "o"), "--profile", "cpu-x86-vnni", "--variants", "static-pc-minmax", *FAST])
+    assert rc == 0
+    doc = load_results(tmp_path / "o" / "report.json")
+    assert doc["data"]["metric"] == "kl" and doc["data"]["output"] == "y"
+    assert doc["settings"]["budget"] == {"metric": "kl", "value": 0.05, "text": "KL <= 0.05"}
+    by = {v["name"]: v for v in doc["profiles"][0]["variants"]}
+    assert by["fp32"]["quality"] == 0.0 and by["static-pc-minmax"]["quality"] > 0.0
+    assert "budget for the verdict: KL <= 0.05" in (tmp_path / "o" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--output-name", "nope"], r"the model has no output 'nope'; its outputs are \['y'\]"),
+    (["--metric", "top1", "--labels", "nolabels"], "nolabels"),
+])
+def test_compare_output_and_metric_bad_input(mlp_case, tmp_path, capsys, extra, match):
+    rc, out = _run(mlp_case, tmp_path, "--profile", "cpu-x86-vnni", "--variants", "static-pc-minmax", *extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and re.search(match, err[0]), err
+    assert not out.exists()
+
+
+def test_compare_reuses_its_cache_and_refuses_another_models_folder(mlp_case, tmp_path, capsys):
+    d, model = mlp_case
+    kw = dict(calib=d / "calib.npz", eval_data=d / "eval.npz", outdir=tmp_path / "o", profiles=["cpu-x86-vnni"],
+              batches=[2], warmup=0, runs=2, threads=1)
+    first = compare(model, variants=["static-pc-minmax", "dynamic"], **kw)
+    again = compare(model, variants=["static-pc-minmax", "dynamic"], **kw)
+    (p1,), (p2,) = first["profiles"], again["profiles"]
+    assert all(v.get("cached") for v in p2["variants"]) and "3 of 3 variants reused" in " ".join(p2["notes"])
+    assert [v["quality"] for v in p1["variants"]] == [v["quality"] for v in p2["variants"]]
+    more = compare(model, variants=["static-pc-minmax", "dynamic", "fp16"], **kw)
+    (p3,) = more["profiles"]
+    assert [bool(v.get("cached")) for v in p3["variants"]] == [True, True, True, False]
+    assert all("2" in v["latency"] for v in p3["variants"])  # everything timed again together
+    other = tmp_path / "other.onnx"
+    tm.mlp(other, seed=7)
+    with pytest.raises(InputError, match="holds a compare of another model"):
+        compare(other, variants=["dynamic"], **kw)
+    assert compare(other, variants=["dynamic"], fresh=True, **kw)["profiles"][0]["variants"][1]["status"] == "ok"

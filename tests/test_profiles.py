@@ -68,7 +68,7 @@ def test_unknown_profile_names_the_choices():
         (('name = "cpu-x86-vnni"', 'name = "../../escaped"'), r"key name = '\.\./\.\./escaped' is invalid; allowed: 1-64 letters"),
         (('[quantization.layout]', '[quantization.layout.extra]'), r"quantization\.layout\.extra = \{\} is invalid|unknown key quantization\.layout\.extra"),
         (('[runtime]', '[runtime.provider_options.CPUExecutionProvider]\narena = 1\n[runtime]'), r"unknown key runtime\.provider_options\.CPUExecutionProvider\.arena"),
-        (('calibration_method = "percentile"', 'calibration_method = "kl"'), r"calibration_method = 'kl' is invalid; allowed: minmax, entropy, percentile"),
+        (('calibration_method = "mean_minmax"', 'calibration_method = "kl"'), r"calibration_method = 'kl' is invalid; allowed: minmax, entropy, percentile, mean_minmax, mean_percentile"),
     ],
 )
 def test_invalid_user_profile_names_file_key_value_and_allowed(tmp_path, patch, match):

@@ -430,7 +430,7 @@ def test_cli_qat_prints_fp32_ptq_qat_side_by_side(tmp_path, capsys):
     rc = main(["qat", f"{task}:TASK", "--profile", "cpu-x86-vnni", "--epochs", "1", "-o", str(out), "-q"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
-    for label in ("FP32", "PTQ static INT8", "QAT INT8", "train step time"):
+    for label in ("FP32", "PTQ static INT8", "QAT INT8", "train step time", "FP32 control (fine-tuned like QAT)"):
         assert label in printed
     assert out.exists() and (tmp_path / "d.qat.fp32.onnx").exists() and (tmp_path / "d.qat.ptq.onnx").exists()
 
@@ -441,7 +441,8 @@ def test_run_task_returns_what_compare_needs(tmp_path):
     res = qat.run_task(f"{task}:TASK", "cpu-x86-vnni", tmp_path / "r.qat.onnx", epochs=1, progress=False,
                        measure_step_time=False)
     assert Path(res["model_path"]).exists() and Path(res["fp32_model_path"]).exists()
-    assert set(res["accuracy"]) == {"fp32", "ptq_static", "qat", "qat_torch"}
+    assert set(res["accuracy"]) == {"fp32", "ptq_static", "qat", "qat_torch", "fp32_control"}
+    assert Path(res["fp32_control_model_path"]).exists() and res["fp32_control_train"]["steps"] == res["train"]["steps"]
     assert res["agreement_torch_vs_onnx"] >= 0.995
     assert abs(res["accuracy"]["qat"] - res["accuracy"]["qat_torch"]) <= 0.01
 

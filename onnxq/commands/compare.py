@@ -20,7 +20,8 @@ def register(sub) -> None:
         "compare",
         help="build every PTQ variant (and QAT with --task) per profile; accuracy, size, latency and a verdict",
         description=(
-            "Build FP32, dynamic, static per-tensor/per-channel x minmax/entropy/percentile, fp16 (and QAT with --task) "
+            "Build FP32, dynamic, static per-tensor/per-channel x minmax/entropy/percentile, the profile's static recipe "
+            "(static-default), per-tensor with CLE + bias correction, fp16 (and QAT plus its FP32 control with --task) "
             "for each profile, measure accuracy, fidelity, size and latency (interleaved, on the profile's providers), "
             "and write OUTDIR/report.md, OUTDIR/report.json and OUTDIR/pareto.png with a verdict per profile. A failed "
             "variant is reported with its error; the others carry on. Latency is never measured on a fallback "
@@ -29,7 +30,7 @@ def register(sub) -> None:
         epilog=(
             "example: onnxq compare model.onnx --calib calib.npz --eval eval.npz --profile cpu-x86-vnni -o out/.  "
             "Variants: fp32, dynamic, static-pt-minmax, static-pt-entropy, static-pt-percentile, static-pc-minmax, "
-            "static-pc-entropy, static-pc-percentile, fp16, qat"
+            "static-pc-entropy, static-pc-percentile, static-default, static-pt-cle-bc, fp16, qat, qat-control"
         ),
     )
     p.add_argument("model", nargs="?", help="FP32 .onnx model (optional with --task when the task exports one)")
@@ -45,8 +46,13 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=5, metavar="W", help="warm-up runs per variant and batch (default: 5)")
     p.add_argument("--runs", type=int, default=30, metavar="R", help="timed runs per variant and batch (default: 30)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: the profile's)")
-    p.add_argument("--budget", type=float, default=0.5, metavar="PTS", help="accuracy points a variant may lose vs FP32 (default: 0.5)")
-    p.add_argument("--metric", choices=list(COMPARE_METRICS), help="quality metric (default: top1 with labels, else top-1 agreement, else cosine)")
+    p.add_argument("--budget", type=float, metavar="B",
+                   help="how close to FP32 a variant must stay: accuracy points for top1/top5/agreement (default 0.5/0.5/1), "
+                        "the largest KL for kl (default 0.05), the smallest cosine / SQNR dB for cosine / sqnr (default 0.99 / 20)")
+    p.add_argument("--metric", choices=list(COMPARE_METRICS),
+                   help="quality metric (default: top1 with labels, else kl for (N, classes) outputs, else cosine)")
+    p.add_argument("--output-name", metavar="NAME", help="output to judge (default: an embedding/pooled/logits output before a hidden state)")
+    p.add_argument("--fresh", action="store_true", help="ignore the variants cached in OUTDIR and rebuild everything")
     p.add_argument("--weight-type", choices=WEIGHT_TYPES,
                    help="weight type of the PTQ variants (default: the profile's), e.g. int4 to set PTQ against a QAT task "
                         "training int4 weights; int4 needs opset 21 and is not fused by the CPU provider")
@@ -70,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         args.model, calib=args.calib, eval_data=args.eval_data, outdir=args.output, profiles=args.profile or ["auto"],
         labels_key=args.labels, task=args.task, epochs=args.epochs, variants=args.variants, batches=args.batch,
         warmup=args.warmup, runs=args.runs, threads=args.threads, budget=args.budget, metric=args.metric,
-        allow_fallback=args.allow_fallback, weight_type=args.weight_type, progress=not quiet, log=log,
+        allow_fallback=args.allow_fallback, weight_type=args.weight_type, output_name=args.output_name, fresh=args.fresh,
+        progress=not quiet, log=log,
     )
     if args.json:
         sys.stdout.write(dumps(doc))

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -74,10 +75,14 @@ def qat_table(res: dict) -> str:
     acc, sizes = res["accuracy"], res["sizes"]
     base = acc["fp32"]
     rows = []
-    for key, label, path in (("fp32", "FP32", res["fp32_model_path"]), ("ptq_static", "PTQ static INT8", res["ptq_model_path"]),
-                             ("qat", f"QAT {res['weight_type'].upper()}", res["model_path"])):
+    entries = [("fp32", "FP32", res["fp32_model_path"]), ("ptq_static", "PTQ static INT8", res["ptq_model_path"])]
+    if res.get("fp32_control_model_path"):
+        entries.append(("fp32_control", "FP32 control (fine-tuned like QAT)", res["fp32_control_model_path"]))
+    entries.append(("qat", f"QAT {res['weight_type'].upper()}", res["model_path"]))
+    for key, label, path in entries:
         delta = "" if key == "fp32" else f"{100 * (acc[key] - base):+.2f}"
-        rows.append([label, f"{100 * acc[key]:.2f}", delta, human_size(sizes[key]), path])
+        size = sizes.get(key) or (Path(path).stat().st_size if path and Path(path).is_file() else 0)
+        rows.append([label, f"{100 * acc[key]:.2f}", delta, human_size(size), path])
     out = tabulate(rows, headers=["model", f"{res['metric']} %", "vs FP32 (pts)", "size", "file"], tablefmt="github", disable_numparse=True)
     ints = res["fused"].get("integer", {})
     floats = res["fused"].get("float_after_dq", {})

@@ -287,6 +287,7 @@ def run_task(
     progress: bool = True,
     measure_step_time: bool = True,
     keep_model: bool = False,
+    control: bool = True,
 ) -> dict[str, Any]:
     """Run FP32 export, PTQ static and QAT for a task; return paths and accuracies side by side.
 
@@ -295,8 +296,10 @@ def run_task(
     ('fm.qat.onnx', 'fm.fp32.onnx', 'fm.ptq.onnx')
 
     Writes ``out_path`` (the QAT QDQ model) and, beside it, ``STEM.fp32.onnx`` (the trained-from FP32
-    network) and ``STEM.ptq.onnx`` (PTQ static of it with the same profile and calibration data),
-    each with its manifest. ``freeze_after`` defaults to half of the QAT steps. ``keep_model`` adds
+    network), ``STEM.ptq.onnx`` (PTQ static of it with the same profile and calibration data) and, with
+    ``control``, ``STEM.fp32-control.onnx``: the FP32 network fine-tuned with exactly QAT's steps, data
+    order, optimizer and schedule (same seed), so a QAT gain can be told apart from a training gain.
+    Each has its manifest. ``freeze_after`` defaults to half of the QAT steps. ``keep_model`` adds
     the trained fake-quant module as ``res["qat_module"]``, the FP32 one as ``res["fp32_module"]``, the
     example inputs and the eval arrays (none of them JSON-serialisable).
     """
@@ -364,8 +367,16 @@ def run_task(
     times: dict[str, float | None] = {}
     if measure_step_time:
         times = step_times(fp32, net, task, lr, torch, len(names))
+    torch.manual_seed(seed + 1)  # the data order QAT and its FP32 control both see
     train_info = train_qat(net, task, epochs, lr, torch, progress=progress, n_inputs=len(names))
     qres = qat_export(net, ex, out)
+    control_path = None
+    if control:
+        control_path = out.with_name(f"{stem}.fp32-control.onnx")
+        twin = copy.deepcopy(fp32)
+        torch.manual_seed(seed + 1)
+        control_info = train_qat(twin, task, epochs, lr, torch, progress=progress, n_inputs=len(names))
+        export_fp32(twin, ex, control_path, profile=prof, input_names=names, output_names=out_names)
 
     # accuracy side by side on the eval data
     logits = {
@@ -374,6 +385,8 @@ def run_task(
         "qat": _onnx_logits(out, prof, names, xs_eval),
         "qat_torch": _torch_logits(net, xs_eval, torch),
     }
+    if control_path is not None:
+        logits["fp32_control"] = _onnx_logits(control_path, prof, names, xs_eval)
     acc = {k: _metric(task, v, y_eval) for k, v in logits.items()}
     agree = fidelity(logits["qat_torch"], logits["qat"])
     ratio = (times["qat"] / times["fp32"]) if times.get("qat") and times.get("fp32") else None
@@ -384,6 +397,8 @@ def run_task(
         "manifest": str(qres.manifest) if qres.manifest else None,
         "fp32_model_path": str(fp32_path),
         "ptq_model_path": str(ptq_path),
+        "fp32_control_model_path": str(control_path) if control_path else None,
+        "fp32_control_train": control_info if control_path else None,
         "metric": task.metric_name,
         "accuracy": acc,
         "eval_samples": int(len(y_eval)),

@@ -10,7 +10,7 @@ Heavy dependencies load lazily: ``import onnxq`` pulls in neither onnxruntime no
 from __future__ import annotations
 
 __version__ = "0.2.0"
-__all__ = ["quantize", "export", "load_profile", "resolve", "Recipe", "OnnxqError", "__version__"]
+__all__ = ["quantize", "export", "export_keras", "load_profile", "resolve", "Recipe", "OnnxqError", "__version__"]
 
 from .errors import OnnxqError
 from .plan import Recipe, resolve
@@ -29,3 +29,10 @@ def export(*args, **kwargs):
     from .torch_export import export as _e
 
     return _e(*args, **kwargs)
+
+
+def export_keras(*args, **kwargs):
+    """See :func:`onnxq.tf_export.export_keras` (needs the tf extra)."""
+    from .tf_export import export_keras as _k
+
+    return _k(*args, **kwargs)

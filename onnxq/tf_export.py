@@ -10,9 +10,10 @@ The source is an in-memory ``keras.Model``, a ``.keras`` / ``.h5`` file, or a Sa
 (``model.export(dir)``, ``tf.saved_model.save``) whose ``serving_default`` signature is converted.
 Conversion goes through ``tf2onnx.convert.from_function`` on a ``tf.function`` wrapping the model:
 ``tf2onnx.convert.from_keras`` fails on Keras 3 Sequential models, and tf2onnx 1.17 has no Python
-``from_saved_model``. The ONNX model keeps the Keras model's layout exactly (NHWC images stay NHWC:
-no transpose is added at the inputs or outputs), so calibration and evaluation data are fed as the
-Keras model takes them. As for PyTorch (:mod:`onnxq.torch_export`), the written model is checked
+``from_saved_model``. The ONNX model's inputs and outputs keep the Keras model's layout exactly (NHWC
+images stay NHWC), so calibration and evaluation data are fed as the Keras model takes them; inside,
+tf2onnx runs convolutions in ONNX's NCHW through Transpose nodes it places and optimises away where it
+can (for one channel a Reshape), and folds BatchNormalization into the convolutions. As for PyTorch (:mod:`onnxq.torch_export`), the written model is checked
 with ``onnx.checker`` and run in onnxruntime (CPU) at batch N and 2N on seeded random inputs;
 outputs that differ from TensorFlow beyond ``atol + rtol * |tf|`` raise :class:`CheckFailed` and
 nothing is written. This module is the only one that imports tensorflow, keras and tf2onnx, and
@@ -455,7 +456,8 @@ def export_keras(
 
     ``model_or_path``: a ``keras.Model``, a ``.keras`` / ``.h5`` file, a SavedModel directory (its
     ``serving_default`` signature) or a :class:`KerasSource`. The layout is the model's own: an NHWC
-    Keras CNN gives an NHWC ONNX model (input ``batch x H x W x C``), nothing is transposed.
+    Keras CNN gives an ONNX model whose input is ``batch x H x W x C`` (NHWC kept, the user's data
+    needs no transpose).
     ``input_shape`` (batch first, e.g. ``(1, 28, 28, 1)``; a list of shapes for several inputs) sets
     the batch N of the parity check and the dims the model leaves unknown; it is required when a
     non-batch dim is unknown. Non-batch dims are fixed in the ONNX model, as ``onnxq export`` does for
@@ -549,7 +551,7 @@ def export_keras(
         wall_s=0.0,
     )
     res.notes.append(f"source: {src.description}" + (f", signature {SERVING!r}" if src.kind == "saved_model" else ""))
-    res.notes.append("layout kept as in the TensorFlow model (no transpose added)")
+    res.notes.append("input and output layout kept as in the TensorFlow model (NHWC stays NHWC)")
     res.wall_s = time.perf_counter() - t0
     if manifest:
         res.manifest = manifest_path(path)

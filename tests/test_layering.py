@@ -29,6 +29,10 @@ def test_only_torch_export_and_qat_import_torch():
     assert {p for p in _importers("torch") if not p.startswith("qat/")} <= TORCH_IMPORTERS
 
 
+def test_only_tf_export_imports_tensorflow():
+    assert set().union(*(_importers(r) for r in ("tensorflow", "keras", "tf2onnx"))) <= {"tf_export.py"}
+
+
 def test_only_ptq_calibration_and_runtime_import_onnxruntime():
     assert "runtime.py" in _importers("onnxruntime") <= ORT_IMPORTERS
 

@@ -220,3 +220,42 @@ def test_without_the_tf_extra_one_line_hint_and_nothing_written(cnn, tmp_path, m
             call()
         assert "\n" not in str(ei.value)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- CLI (`onnxq export model.keras`): active once onnxq/commands/export.py dispatches Keras sources ----------------
+
+
+def _cli_wired() -> bool:
+    from onnxq.commands import export as export_cmd
+
+    return hasattr(export_cmd, "run_tf")
+
+
+cli = pytest.mark.skipif(not _cli_wired(), reason="onnxq export does not dispatch Keras/SavedModel sources yet")
+
+
+@cli
+def test_cli_keras_file_and_savedmodel(cnn, tmp_path, capsys):
+    cnn.save(tmp_path / "m.keras")
+    cnn.export(str(tmp_path / "sm"), verbose=False)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "m.keras"), "-o", str(tmp_path / "a.onnx")]) == 0
+    assert "max-abs vs TensorFlow" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "sm"), "--input-shape", "2x28x28x1", "--opset", "13", "-o", str(tmp_path / "b.onnx"),
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["opset"] == 13 and res["input_shapes"] == {"input": ["batch", 28, 28, 1]} and res["parity"]["output_0"]["batches"] == [2, 4]
+
+
+@cli
+def test_cli_keras_bad_inputs_exit_2_and_write_nothing(cnn, tmp_path, capsys):
+    (tmp_path / "model.keras").write_text("not a model\n")
+    cnn.save(tmp_path / "ok.keras")
+    out = tmp_path / "never.onnx"
+    for argv, match in ((["model.keras"], "is not a Keras model"), ([str(tmp_path)], "without saved_model.pb"),
+                        (["ok.keras", "--checkpoint", "x.pt"], "--checkpoint is for PyTorch")):
+        argv = [str(tmp_path / argv[0]) if argv[0].endswith(".keras") else argv[0], *argv[1:]]
+        assert main(["export", *argv, "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("onnxq: error: ") and match in err[-1], err
+    assert not out.exists() and not (tmp_path / "never.onnxq.json").exists()

@@ -48,6 +48,7 @@ __all__ = [
     "session_inputs",
     "make_feeds",
     "check_same_inputs",
+    "host_ceiling",
 ]
 
 _ORT_TYPES = {
@@ -169,6 +170,39 @@ def host_info() -> dict[str, Any]:
         onnxruntime=runtime.ort_info(),
     )
     return h
+
+
+def host_ceiling(n: int = 1024, runs: int = 10, threads: int = 1) -> dict[str, Any]:
+    """The int8/FP32 speed ratio of one large GEMM on this host (u8 x s8 MatMulInteger vs float MatMul): the
+    best a fully int8 model can approach here, printed next to a model's speed-up."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .profiles import RuntimeSpec
+    from .runtime import make_session
+
+    rng = np.random.default_rng(0)
+
+    def model(int8: bool):
+        t = TensorProto.UINT8 if int8 else TensorProto.FLOAT
+        a = helper.make_tensor_value_info("a", t, [n, n])
+        y = helper.make_tensor_value_info("y", TensorProto.INT32 if int8 else TensorProto.FLOAT, [n, n])
+        w = rng.integers(-127, 128, (n, n)).astype(np.int8) if int8 else rng.normal(0, 1, (n, n)).astype(np.float32)
+        node = helper.make_node("MatMulInteger" if int8 else "MatMul", ["a", "w"], ["y"])
+        m = helper.make_model(helper.make_graph([node], "g", [a], [y], [numpy_helper.from_array(w, "w")]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m.SerializeToString()
+
+    prof = Profile("host-ceiling", "", "", "", 17, RuntimeSpec(providers=("CPUExecutionProvider",)), None)  # type: ignore[arg-type]
+    sf, _ = make_session(model(False), prof, threads=threads)
+    si, _ = make_session(model(True), prof, threads=threads)
+    fa = {"a": rng.normal(0, 1, (n, n)).astype(np.float32)}
+    ia = {"a": rng.integers(0, 256, (n, n)).astype(np.uint8)}
+    tf, ti = measure_interleaved([lambda: sf.run(None, fa), lambda: si.run(None, ia)], warmup=2, runs=runs)
+    ratio = float(np.median(tf) / np.median(ti))
+    del onnx
+    return {"int8_vs_fp32_gemm": ratio, "gemm": f"{n}x{n}x{n}, u8 x s8 MatMulInteger vs float MatMul", "threads": threads}
 
 
 def peak_rss_mb() -> float | None:

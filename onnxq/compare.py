@@ -621,7 +621,7 @@ def _document(run: _Run, calib: Any, eval_data: Any, variants: Sequence[str] | N
     import numpy as np
 
     from ._fs import file_sha256
-    from .bench import host_info
+    from .bench import host_ceiling, host_info
     from .results import new_document
 
     settings = {
@@ -636,7 +636,7 @@ def _document(run: _Run, calib: Any, eval_data: Any, variants: Sequence[str] | N
     }
     return new_document(
         "compare",
-        host=host_info(),
+        host=dict(host_info(), ceiling=host_ceiling()),
         model={"path": str(run.model), "sha256": file_sha256(run.model), "size_bytes": size_with_data(run.model),
                "inputs": [{"name": s.name, "dtype": np.dtype(s.dtype).name, "shape": list(s.shape)} for s in run.specs]},
         data={"calib": str(calib), "eval": str(eval_data), "eval_samples": run.edata.count,

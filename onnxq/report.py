@@ -253,6 +253,7 @@ def compare_markdown(doc: dict[str, Any]) -> str:
         *([f"- judged output: `{data['output']}` ({data.get('output_reason', '')})"] if data.get("output") else []),
         *_compare_setup_lines(doc),
         f"- {host_summary(doc['host'])}",
+        *_ceiling_line(doc),
         f"- written {doc['created']} by onnxq {doc['onnxq']}",
         "",
     ]
@@ -277,6 +278,19 @@ def compare_markdown(doc: dict[str, Any]) -> str:
     elif doc.get("plot_note"):
         lines += ["## Accuracy vs latency", "", f"_{doc['plot_note']}_", ""]
     return "\n".join(lines)
+
+
+def _ceiling_line(doc: dict[str, Any]) -> list[str]:
+    """How close to this host's int8 limit the best variant got."""
+    c = (doc.get("host") or {}).get("ceiling") or {}
+    r = _num(c.get("int8_vs_fp32_gemm"))
+    if r is None:
+        return []
+    b = str(doc["settings"]["primary_batch"])
+    best = max((_num((v.get("speedup") or {}).get(b)) or 0.0 for p in doc["profiles"] for v in p["variants"]
+                if v.get("kind") == "ptq" and v.get("status") == "ok"), default=0.0)
+    return [f"- host ceiling: a large int8 GEMM ({c.get('gemm')}, {c.get('threads')} thread) runs {r:.2f}x FP32 on this host; "
+            f"the fastest PTQ variant reached {best:.2f}x at batch {b} (convolutions, Q/DQ and float ops keep models below it)"]
 
 
 def _compare_setup_lines(doc: dict[str, Any]) -> list[str]:
@@ -358,21 +372,27 @@ def write_pareto_plot(series: dict[str, list[tuple[str, float, float]]], path: A
                 ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color=sc.get_facecolor()[0], zorder=2)
         from matplotlib.ticker import FuncFormatter
 
+        from matplotlib.ticker import LogLocator, MaxNLocator
+
         all_x = [p[1] for pts in series.values() for p in pts]
+        plain = FuncFormatter(lambda v, _pos: f"{v:g}")
         if all_x and min(all_x) > 0 and max(all_x) / min(all_x) > 10:
             ax.set_xscale("log")
-        plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # labelled ticks inside each decade
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
+        ax.margins(x=0.12, y=0.12)  # room for the point labels inside the axes
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
         _spread_labels(fig, texts)
         with atomic_target(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png")
+            fig.savefig(tmp, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
 
@@ -400,6 +420,37 @@ def _spread_labels(fig: Any, texts: list[Any], gap: float = 1.0) -> None:
             t.set_position((dx, dy + (y0 - box.y0) / px_per_pt))
         else:
             t.arrow_patch.set_visible(False)
+
+
+def rederive_verdicts(doc: dict[str, Any], *, metric: str | None = None, budget: float | None = None) -> None:
+    """Recompute a compare document's qualities and verdicts for another metric / budget (in place; stdlib only).
+
+    Every variant's metrics record holds accuracy (with labels) and fidelity (KL, cosine, SQNR, agreement),
+    so nothing needs to run again; a metric the record cannot give is an InputError (exit 2).
+    """
+    from .errors import InputError
+    from .verdict import DEFAULT_BUDGETS, ProfileResult, metric_value, verdict
+
+    metric = metric or doc["data"]["metric"]
+    if metric not in DEFAULT_BUDGETS:
+        raise InputError(f"unknown --metric {metric!r}; choose one of {', '.join(DEFAULT_BUDGETS)}")
+    budget = DEFAULT_BUDGETS[metric] if budget is None else budget
+    if budget < 0:
+        raise InputError(f"--budget must be >= 0, got {budget}")
+    for prof in doc["profiles"]:
+        for v in prof["variants"]:
+            if v.get("status") == "ok" and isinstance(v.get("metrics"), dict):
+                try:
+                    v["quality"] = metric_value(v["metrics"], metric)
+                except InputError as e:
+                    raise InputError(f"cannot re-derive the verdict by {metric}: {e}") from e
+        prof["verdict"] = verdict(ProfileResult.from_dict(prof), budget=budget, batch=int(prof.get("primary_batch") or 1),
+                                  metric=metric)
+    from .vocab import COMPARE_METRICS
+
+    doc["data"].update(metric=metric, metric_label=COMPARE_METRICS.get(metric, metric))
+    doc["settings"].update(budget_points=budget, budget={"metric": metric, "value": budget},
+                           budget_reason="re-derived by onnxq report --metric/--budget")
 
 
 def _machine(doc: dict[str, Any]) -> str:

@@ -499,3 +499,26 @@ def test_compare_reuses_its_cache_and_refuses_another_models_folder(mlp_case, tm
     with pytest.raises(InputError, match="holds a compare of another model"):
         compare(other, variants=["dynamic"], **kw)
     assert compare(other, variants=["dynamic"], fresh=True, **kw)["profiles"][0]["variants"][1]["status"] == "ok"
+
+
+def test_report_rederives_verdicts_with_another_budget_without_rerunning(mlp_case, tmp_path, capsys):
+    import time
+
+    d, model = mlp_case
+    compare(model, calib=d / "calib.npz", eval_data=d / "eval.npz", outdir=tmp_path / "o", profiles=["cpu-x86-vnni"],
+            variants=["static-pc-minmax", "dynamic"], batches=[2], warmup=0, runs=2, threads=1)
+    t0 = time.perf_counter()
+    assert main(["report", str(tmp_path / "o" / "report.json"), "--metric", "kl", "--budget", "0.5", "--json", "-q"]) == 0
+    took = time.perf_counter() - t0
+    doc = json.loads(capsys.readouterr().out)
+    (prof,) = doc["sources"][0]["doc"]["profiles"]
+    assert doc["sources"][0]["doc"]["data"]["metric"] == "kl" and prof["verdict"]["facts"]["budget"]["text"] == "KL <= 0.5"
+    assert all(v["quality"] >= 0 for v in prof["variants"]) and took < 5
+    assert main(["report", str(tmp_path / "o" / "report.json"), "--metric", "top5", "-q"]) == 0  # labels, 10 classes
+    np.savez(tmp_path / "u.npz", x=np.load(d / "eval.npz")["x"])
+    compare(model, calib=d / "calib.npz", eval_data=tmp_path / "u.npz", outdir=tmp_path / "u", profiles=["cpu-x86-vnni"],
+            variants=["dynamic"], batches=[2], warmup=0, runs=2, threads=1)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "u" / "report.json"), "--metric", "top1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot re-derive the verdict by top1" in err[0] and "needs labels" in err[0]

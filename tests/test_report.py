@@ -173,7 +173,7 @@ def test_report_command_needs_no_numpy_or_onnx_either(results, tmp_path):
         for name in ("onnxruntime", "torch", "onnx", "numpy"):
             sys.modules[name] = None
         from onnxq.commands import report
-        args = argparse.Namespace(results=[{str(a)!r}, {str(b)!r}, {str(c)!r}], output={str(out)!r}, no_plot=False,
+        args = argparse.Namespace(results=[{str(a)!r}, {str(b)!r}, {str(c)!r}], output={str(out)!r}, no_plot=False, metric=None, budget=None,
                                   json=False, quiet=True, verbose=False)
         rc = report.run(args)
         print("RC", rc)

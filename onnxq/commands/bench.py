@@ -77,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
     for note in doc["notes"]:
         print(f"onnxq: warning: {note}", file=sys.stderr)
     print(bench_table(doc))
+    from ..bench import host_ceiling
+
+    c = host_ceiling()
+    best = max((r["speedup"] or 0.0) for r in doc["rows"]) if doc["rows"] else 0.0
+    print(f"host ceiling: a large int8 GEMM ({c['gemm']}, 1 thread) runs {c['int8_vs_fp32_gemm']:.2f}x FP32 here; "
+          f"best speed-up above: {best:.2f}x")
     if doc.get("peak_rss_mb"):
         print(f"peak memory (VmHWM of this process, all models together): {doc['peak_rss_mb']:.0f} MiB")
     return 0

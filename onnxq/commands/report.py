@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(sub) -> None:
     from ..cli import add_common
+    from ..vocab import COMPARE_METRICS
 
     p = sub.add_parser(
         "report",
@@ -25,25 +27,32 @@ def register(sub) -> None:
     p.add_argument("results", nargs="+", metavar="RESULT.json", help="onnxq result files (schema onnxq.results/1)")
     p.add_argument("-o", "--output", metavar="REPORT.md", help="write the Markdown report here")
     p.add_argument("--no-plot", action="store_true", help="do not write the accuracy-vs-latency plot beside -o")
+    p.add_argument("--metric", choices=list(COMPARE_METRICS),
+                   help="re-derive every compare verdict with this metric (from the metrics the files hold; nothing re-runs)")
+    p.add_argument("--budget", type=float, metavar="B", help="re-derive every compare verdict with this budget (see onnxq compare --budget)")
     add_common(p)
     p.set_defaults(func=run)
 
 
 def _plot_series(sources):
     series = {}
-    for _origin, doc in sources:
+    for origin, doc in sources:
         if doc["kind"] != "compare":
             continue
         b = str(doc["settings"]["primary_batch"])
         machine = (doc.get("host") or {}).get("hostname") or "?"
+        scale = 100.0 if doc["data"].get("metric") in ("top1", "top5", "agreement") else 1.0
         for prof in doc["profiles"]:
             pts = []
             for v in prof["variants"]:
                 med = ((v.get("latency") or {}).get(b) or {}).get("median_ms")
                 if v.get("status") == "ok" and isinstance(v.get("quality"), (int, float)) and isinstance(med, (int, float)) and med > 0:
-                    pts.append((v["name"], float(med), 100.0 * float(v["quality"])))
-            if pts:
-                series[f"{machine}/{prof['profile']}"] = pts
+                    pts.append((v["name"], float(med), scale * float(v["quality"])))
+            if pts:  # one series per result file and profile: two runs on one host stay two series
+                key, k = f"{machine}/{prof['profile']} ({Path(origin).parent.name or Path(origin).name})", 2
+                while key in series:
+                    key, k = f"{machine}/{prof['profile']} ({Path(origin).name} #{k})", k + 1
+                series[key] = pts
     return series
 
 
@@ -55,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = [(str(p), load_results(p)) for p in args.results]  # every file checked before any output
     sources = flatten_sources(loaded)
+    if args.metric or args.budget is not None:
+        from ..report import rederive_verdicts
+
+        for _, doc in sources:
+            if doc["kind"] == "compare":
+                rederive_verdicts(doc, metric=args.metric, budget=args.budget)
     plot = plot_note = None
     if args.output and not args.no_plot:
         series = _plot_series(sources)

@@ -161,11 +161,16 @@ class CalibrationSet:
     def __len__(self) -> int:
         return self.count
 
-    def split(self, holdout: int) -> tuple["CalibrationSet", "CalibrationSet"]:
-        """(calibration part, held-out part). With one sample both parts are that sample."""
+    def split(self, holdout: int, wanted: int | None = None) -> tuple["CalibrationSet", "CalibrationSet"]:
+        """(calibration part, held-out part). With one sample both parts are that sample.
+
+        With ``wanted``, the data holding ``wanted + holdout`` samples or more gives exactly ``wanted``
+        calibration samples and ``holdout`` held out; less data holds out at most a fifth.
+        """
         if self.count < 2 or holdout <= 0:
             return self, self
-        holdout = min(holdout, max(1, self.count // 5))
+        if wanted is None or self.count < wanted + holdout:
+            holdout = min(holdout, max(1, self.count // 5))
         cut = self.count - holdout
         a = CalibrationSet({k: v[:cut] for k, v in self.arrays.items()}, self.specs, self.origin, self.notes)
         b = CalibrationSet({k: v[cut:] for k, v in self.arrays.items()}, self.specs, self.origin + " (held out)", self.notes)

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from .profiles import Profile
 
-__all__ = ["Violation", "check_model", "RULES"]
+__all__ = ["Violation", "check_model", "RULES", "summarize", "fix_for"]
 
 _NP_NAME = {np.dtype(np.uint8): "uint8", np.dtype(np.int8): "int8", np.dtype(np.int16): "int16", np.dtype(np.uint16): "uint16"}
 _INT4 = {onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4"}
@@ -36,6 +36,7 @@ RULES = {
     "per-channel-axis": "per-channel weight scales along the output-channel axis",
     "weight-qdq-pair": "weights are float initializers behind a QuantizeLinear -> DequantizeLinear pair",
     "dedicated-qdq-pair": "each DequantizeLinear output feeds exactly one consumer",
+    "dynamic-model": "static QDQ, not dynamic quantization (DynamicQuantizeLinear computes ranges at run time)",
 }
 
 
@@ -85,6 +86,10 @@ def check_model(model: onnx.ModelProto, profile: Profile, *, weight_type: str | 
     out: list[Violation] = []
     qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    dynamic = [n for n in model.graph.node if n.op_type in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul")]
+    if dynamic:
+        return [Violation("dynamic-model", "<model>", f"{len(dynamic)} DynamicQuantizeLinear node(s): a dynamically quantized "
+                          f"model; profile {profile.name} expects static QDQ")]
     if not qs and not dqs:
         return [Violation("has-qdq", "<model>", "no QuantizeLinear/DequantizeLinear nodes: is this the FP32 model?")]
     for n in model.graph.node:
@@ -119,7 +124,7 @@ def check_model(model: onnx.ModelProto, profile: Profile, *, weight_type: str | 
             out.append(Violation(rule, name, f"zero point type {zp_type}, profile wants {want}"))
         symmetric = q.weight_symmetric if weight else q.activation_symmetric
         if symmetric and zp is not None and zp_type in sym_zero and np.any(zp != sym_zero[zp_type]):
-            out.append(Violation("zero-point-zero", name, f"zero point {np.unique(zp)[:4].tolist()} != {sym_zero[zp_type]}"))
+            out.append(Violation("zero-point-zero", name, f"zero point {np.unique(zp)[:4].tolist()} where symmetric {zp_type} needs {sym_zero[zp_type]}"))
         if weight:
             users = consumers.get(dq.output[0], [])
             scale = inits.get(dq.input[1])
@@ -152,5 +157,25 @@ def check_model(model: onnx.ModelProto, profile: Profile, *, weight_type: str | 
         if zp_type is not None and zp_type != q.activation_type:
             out.append(Violation("activation-type", qn.name or qn.output[0], f"zero point type {zp_type}, profile wants {q.activation_type}"))
         if q.activation_symmetric and zp is not None and zp_type in sym_zero and np.any(zp != sym_zero[zp_type]):
-            out.append(Violation("zero-point-zero", qn.name or qn.output[0], f"zero point {np.unique(zp)[:4].tolist()} != {sym_zero[zp_type]}"))
+            out.append(Violation("zero-point-zero", qn.name or qn.output[0], f"zero point {np.unique(zp)[:4].tolist()} where symmetric {zp_type} needs {sym_zero[zp_type]}"))
     return out
+
+
+def fix_for(rule: str, profile: Profile) -> str:
+    """What to do about a rule's violations, in one sentence."""
+    if rule == "has-qdq":
+        return f"quantize it first: onnxq quantize MODEL --mode static --profile {profile.name}"
+    if rule in ("dynamic-model", "qdq-format"):
+        return f"re-quantize the FP32 model with --mode static --profile {profile.name}"
+    if rule == "weight-type":
+        return f"re-quantize with --profile {profile.name} (or pass --weight-type if this type was intended)"
+    return f"re-quantize with --profile {profile.name}, whose settings produce this layout"
+
+
+def summarize(violations: list[Violation], profile: Profile) -> list[dict]:
+    """Violations grouped by rule: count, a few example nodes, what the rule means and the fix."""
+    groups: dict[str, list[Violation]] = defaultdict(list)
+    for v in violations:
+        groups[v.rule].append(v)
+    return [{"rule": r, "count": len(vs), "meaning": RULES.get(r, ""), "examples": [f"{v.node}: {v.detail}" for v in vs[:2]],
+             "fix": fix_for(r, profile)} for r, vs in groups.items()]

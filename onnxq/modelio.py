@@ -12,7 +12,10 @@ from ._fs import atomic_path
 from .errors import InputError, first_line
 from .plan import GraphFacts
 
-__all__ = ["load_model", "save_model", "default_output", "graph_facts", "model_opset", "toposort"]
+__all__ = ["load_model", "save_model", "default_output", "graph_facts", "model_opset", "toposort", "stamp_recipe",
+           "recorded_weight_type"]
+
+RECIPE_KEY = "onnxq.recipe"  # metadata_props entry: the recipe that wrote the model (JSON)
 
 PROTOBUF_LIMIT = 2**31 - 1
 
@@ -108,3 +111,34 @@ def toposort(graph: onnx.GraphProto) -> None:
         pending = rest
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+def stamp_recipe(path: str | os.PathLike, recipe_dict: dict) -> None:
+    """Record what onnxq wrote in the model's own metadata (``onnxq.recipe``: mode, types, opset, float nodes)."""
+    import json
+
+    from . import __version__
+
+    model = onnx.load(str(path))
+    keep = {k: recipe_dict.get(k) for k in ("mode", "profile", "opset", "activation_type", "weight_type", "per_channel")}
+    keep["float_nodes"] = [f["node"] for f in recipe_dict.get("float_nodes", [])]
+    keep["onnxq"] = __version__
+    props = [p for p in model.metadata_props if p.key != RECIPE_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    model.metadata_props.add(key=RECIPE_KEY, value=json.dumps(keep, sort_keys=True))
+    onnx.save_model(model, str(path))
+
+
+def recorded_weight_type(model: onnx.ModelProto) -> str | None:
+    """The weight type onnxq recorded in the model's metadata, or None (not written by onnxq)."""
+    import json
+
+    for p in model.metadata_props:
+        if p.key == RECIPE_KEY:
+            try:
+                wt = json.loads(p.value).get("weight_type")
+            except (ValueError, AttributeError):
+                return None
+            return wt if isinstance(wt, str) else None
+    return None

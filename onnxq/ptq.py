@@ -44,7 +44,7 @@ from .calibration import CalibrationSet, RangeReport, collect_ranges
 from .errors import InputError, first_line
 from .evaluate import fidelity
 from .manifest import manifest_path, new_manifest, write_manifest
-from .modelio import default_output, graph_facts, load_model, model_opset, needs_external_data, toposort
+from .modelio import default_output, graph_facts, load_model, model_opset, needs_external_data, stamp_recipe, toposort
 from .plan import HOLDOUT, Overrides, QuantizerCaps, Recipe, parse_target, resolve
 from .profiles import Profile
 from .runtime import resolve_profile
@@ -306,15 +306,33 @@ def write_fp16(model: onnx.ModelProto, recipe: Recipe, out_path: Path) -> None:
 
 
 def count_quantized(model: onnx.ModelProto) -> tuple[int, int]:
-    """(nodes computing on quantized inputs, float compute nodes) excluding Q/DQ themselves."""
+    """(quantized compute nodes, float compute nodes), Q/DQ themselves not counted.
+
+    A weight node (Conv, ConvTranspose, Gemm, MatMul with a constant weight) counts as quantized when its
+    weight is dequantized int8/int4; any other node when every activation input it reads is dequantized
+    (onnxruntime then fuses it into the integer op). A float op that merely follows a DequantizeLinear,
+    like a node kept in float, is a float node.
+    """
     producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name for t in model.graph.initializer} | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     q, f = 0, 0
     for n in model.graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Cast"):
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Cast", "Constant"):
             continue
         if n.op_type.startswith(("QLinear", "MatMulInteger", "ConvInteger", "DynamicQuantize")) or n.op_type in ("QGemm", "QAttention"):
             q += 1
-        elif any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input):
+            continue
+
+        def dequantized(t: str) -> bool:
+            p = producers.get(t)
+            return p is not None and p.op_type == "DequantizeLinear"
+
+        if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(n.input) > 1 and (n.input[1] in inits or dequantized(n.input[1])):
+            q += dequantized(n.input[1])
+            f += not dequantized(n.input[1])
+            continue
+        acts = [i for i in n.input if i and i not in inits]
+        if acts and all(dequantized(i) for i in acts):
             q += 1
         else:
             f += 1
@@ -356,12 +374,13 @@ def _mode_warnings(recipe: Recipe, ops_before: dict[str, int], quantized: int) -
             )
         if quantized == 0:
             out.append(
-                "dynamic quantization quantized NO node: onnxruntime's dynamic quantizer has no Gemm handler "
-                "(torch exports 2-D nn.Linear as Gemm); use --mode static, or export Linear layers as MatMul"
+                f"dynamic quantization quantized NO node: none of the op types {', '.join(recipe.op_types)} has a weight "
+                "onnxruntime's dynamic quantizer could quantize here (it needs constant MatMul/Gemm/Conv weights); use --mode static"
             )
     return out
 
 
+FEW_SAMPLES = 64  # fewer calibration samples than this get a warning
 FULL_BC_SAMPLES = 64  # calibration samples each full bias-correction pass runs (NNCF's full correction uses a subset too)
 
 
@@ -555,12 +574,20 @@ def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random, ref_path
     from .algorithms import bias_correction as bc
     from .algorithms.graph import weight_layers
 
-    calib_part, holdout = calib.split(recipe.calibration.holdout)
+    spec = recipe.calibration
+    calib_part, holdout = calib.split(spec.holdout, spec.samples)
+    notes = []
+    if calib_part.count != spec.samples:
+        notes.append(f"{spec.samples} calibration samples asked for, {calib.count} in the data: {calib_part.count} used for "
+                     f"calibration, {holdout.count} held out to measure fidelity")
+    if calib_part.count < FEW_SAMPLES and not calib_random:
+        notes.append(f"only {calib_part.count} calibration samples: ranges from so few are noisy; {FEW_SAMPLES} or more "
+                     "(128-512 typical) give stable results")
     pre, label = prepare_graph(model, recipe, tmp)
     alg = recipe.algorithms
     algorithms: dict[str, Any] = equalize_graph(pre, recipe, calib_part, holdout, ref_path, profile, tmp, progress=progress)
     layers = weight_layers(pre, recipe.op_types, recipe.excluded_nodes) if alg.bias_correction != "none" else []
-    early: list[str] = []
+    early: list[str] = notes
     if layers and calib_part.count < bc.MIN_SAMPLES:
         if "bias_correction" in alg.asked:
             raise InputError(f"bias correction needs at least {bc.MIN_SAMPLES} calibration samples (besides the {holdout.count} "
@@ -678,6 +705,7 @@ def quantize(
                 else:
                     write_fp16(model, recipe, tmp_out)
                 holdout = calib.split(HOLDOUT)[1] if calib is not None else None
+            stamp_recipe(tmp_out, recipe.to_dict())
             qmodel = onnx.load(str(tmp_out))
             try:
                 onnx.checker.check_model(qmodel)

@@ -138,7 +138,7 @@ def test_check_exit_codes(cnn_model, capsys):
     res = json.loads(out)
     assert code == 1 and not res["ok"]
     rules = {v["rule"] for v in res["violations"]}
-    assert {"activation-type", "zero-point-zero", "weight-qdq-pair"} <= rules
+    assert {"activation-type", "zero-point-zero"} <= rules
     assert run_cli(capsys, "check", model, "--profile", "cpu-x86-vnni")[0] == 1  # FP32: no Q/DQ
 
 
@@ -147,21 +147,37 @@ def test_profiles_command(capsys):
     d = json.loads(out)
     names = {p["name"]: p for p in d["profiles"]}
     assert names["cuda"]["available"] is False and names["cpu-x86-vnni"]["available"] is True
+    assert names["cpu-arm64"]["available"] is False and "not what it targets" in names["cpu-arm64"]["why"]
     assert "isa_flags" in d["host"]
     code, out, _ = run_cli(capsys, "profiles", "show", "tensorrt", "--json")
     assert json.loads(out)["quant"]["activation_symmetric"] is True
     assert run_cli(capsys, "profiles", "show", "nope")[0] == 2
 
 
-def test_check_reads_weight_type_from_manifest_for_int4(cnn_model, capsys):
+def test_check_reads_weight_type_from_the_model_with_or_without_manifest(cnn_model, capsys):
     model, calib = cnn_model
     out = model.with_name("int4.onnx")
     assert run_cli(capsys, "quantize", model, "--calib", calib, "--profile", "cpu-x86-vnni", "--weight-type", "int4", "-o", out, "-q")[0] == 0
-    assert run_cli(capsys, "check", out, "--profile", "cpu-x86-vnni")[0] == 0  # manifest says int4
+    assert run_cli(capsys, "check", out, "--profile", "cpu-x86-vnni")[0] == 0  # the model's metadata says int4
     out.with_name("int4.onnxq.json").unlink()
-    code, text, _ = run_cli(capsys, "check", out, "--profile", "cpu-x86-vnni", "--json")
-    assert code == 1 and {v["rule"] for v in json.loads(text)["violations"]} == {"weight-type"}
-    assert run_cli(capsys, "check", out, "--profile", "cpu-x86-vnni", "--weight-type", "int4")[0] == 0
+    assert run_cli(capsys, "check", out, "--profile", "cpu-x86-vnni")[0] == 0  # the same answer without the manifest
+    code, text, _ = run_cli(capsys, "check", out, "--profile", "cpu-x86-vnni", "--weight-type", "int8", "--json")
+    res = json.loads(text)
+    assert code == 1 and [g["rule"] for g in res["rules"]] == ["weight-type"] and res["rules"][0]["count"] >= 2
+    assert "re-quantize with --profile cpu-x86-vnni" in res["rules"][0]["fix"]
+
+
+def test_check_groups_rules_and_recognises_dynamic_models(cnn_model, capsys):
+    model, calib = cnn_model
+    d = model.with_name("dyn.onnx")
+    assert run_cli(capsys, "quantize", model, "--mode", "dynamic", "--calib", calib, "--profile", "cpu-x86-vnni", "-o", d, "-q")[0] == 0
+    code, out, _ = run_cli(capsys, "check", d, "--profile", "cpu-x86-vnni")
+    assert code == 1 and "dynamic-model" in out and "--mode static --profile cpu-x86-vnni" in out
+    q = model.with_name("s.onnx")
+    run_cli(capsys, "quantize", model, "--calib", calib, "--profile", "cpu-x86-vnni", "-o", q, "-q")
+    code, out, _ = run_cli(capsys, "check", q, "--profile", "tensorrt")
+    assert code == 1 and "| zero-point-zero" in out and "re-quantize with --profile tensorrt" in out
+    assert "where symmetric int8 needs 0" in out or "where symmetric uint8 needs 128" in out
 
 
 def test_check_treats_non_weight_constants_as_activations(tmp_path, capsys):

@@ -173,7 +173,7 @@ def test_huge_finite_mask_is_kept_float_too(tmp_path):
 def test_transformer_auto_restricts_to_matmul(attn_model):
     model, calib = attn_model
     res = onnxq.quantize(model, mode="static", calibration=calib, profile="cpu-x86-vnni", progress=False)
-    assert res.op_types == ["MatMul", "Gemm"]
+    assert res.op_types == ["MatMul", "Gemm", "Gather"]
     c = ops(res.output)
     assert c["Softmax"] == 1
     softmax_in = [n for n in onnx.load(str(res.output)).graph.node if n.op_type == "Softmax"][0].input[0]
@@ -203,13 +203,30 @@ def test_no_temp_files_left_in_working_directory(cnn_model, tmp_path, monkeypatc
     assert res.preprocess.startswith("symbolic")
 
 
-def test_dynamic_on_gemm_only_model_warns_that_nothing_was_quantized(cnn_model, tmp_path):
-    """tiny CNN's classifier is a Gemm; keep only it and dynamic mode has nothing it can quantize."""
+def test_dynamic_quantizes_gemm_layers_too(tmp_path):
+    """Before: onnxq passed only the op types in the graph, so the MatMul onnxruntime makes of a Gemm stayed float."""
+    import onnxruntime.quantization as oq
+
     import tiny_models
 
-    m = tiny_models.cnn()
     model = tmp_path / "cnn.onnx"
-    onnx.save_model(m, str(model))
+    onnx.save_model(tiny_models.cnn(), str(model))
     res = onnxq.quantize(model, mode="dynamic", calib_random=8, profile="cpu-x86-vnni", op_types=["Gemm"], progress=False)
-    assert res.quantized_nodes == 0
-    assert any("quantized NO node" in w for w in res.warnings)
+    assert res.quantized_nodes >= 1 and not any("quantized NO node" in w for w in res.warnings)
+    assert "MatMul" in res.recipe.op_types
+    auto = onnxq.quantize(model, mode="dynamic", calib_random=8, profile="cpu-x86-vnni", output=tmp_path / "a.onnx", progress=False)
+    plain = tmp_path / "plain.onnx"
+    oq.quantize_dynamic(str(model), str(plain))
+    assert auto.size_after <= plain.stat().st_size + 1024  # as small as onnxruntime's own defaults (+ metadata, per-channel scales)
+
+
+def test_calib_samples_is_exact_or_says_why(cnn_model, tmp_path):
+    model, calib = cnn_model  # 96 samples
+    r = onnxq.quantize(model, mode="static", calibration=str(calib), profile="cpu-x86-vnni", calibration_samples=40,
+                       output=tmp_path / "a.onnx", progress=False)
+    assert r.calibration["samples_used"] == 40 and r.calibration["held_out"] == 32
+    assert any("only 40 calibration samples" in w for w in r.warnings)
+    r = onnxq.quantize(model, mode="static", calibration=str(calib), profile="cpu-x86-vnni", calibration_samples=90,
+                       output=tmp_path / "b.onnx", progress=False)
+    assert r.calibration["samples_used"] == 77 and r.calibration["held_out"] == 19
+    assert any("90 calibration samples asked for, 96 in the data: 77 used" in w for w in r.warnings)

@@ -234,7 +234,7 @@ def test_transformer_encoder_linear_and_matmul_blocks(tmp_path):
     fp32 = _train(TinyEncoder(), x, y, steps=80, lr=3e-3)
     net = qat.prepare(fp32, profile="cpu-x86-vnni", example_inputs=(torch.from_numpy(x[:2]),), calibration={"x": x[:288]})
     state = net.onnxq_qat
-    assert set(state.recipe.op_types) == {"MatMul", "Gemm"}  # transformer-like graph: PTQ's auto op types
+    assert set(state.recipe.op_types) == {"MatMul", "Gemm", "Gather"}  # transformer-like graph: PTQ's auto op types
     assert len(state.weights) == 8  # input projection, q, k, v, out_proj, linear1, linear2, head
     _train(net, x, y, steps=10, lr=1e-4)
     out = tmp_path / "enc.qat.onnx"

@@ -52,10 +52,10 @@ def _strict(text: str):
             "per_channel": False, "reduce_range": False, "op_types_to_quantize": ["Conv", "Gemm", "MatMul", "Relu"],
             "nodes_to_exclude": ["fc"], "calibration_data_reader": None, "calibrate_method": CalibrationMethod.MinMax,
             "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "ForceQuantizeNoInputCheck": False,
-                              "DedicatedQDQPair": True, "AddQDQPairToWeight": True, "QDQKeepRemovableActivations": True}}),
+                              "DedicatedQDQPair": True, "QDQKeepRemovableActivations": True}}),
         ("cpu-x86-avx2", {"mode": "dynamic", "weight_type": "uint8"}, {
             "weight_type": QuantType.QUInt8, "per_channel": True, "reduce_range": True,
-            "op_types_to_quantize": ["Gemm", "Conv"], "nodes_to_exclude": [],
+            "op_types_to_quantize": ["Conv", "Gemm", "MatMul"], "nodes_to_exclude": [],
             "extra_options": {"WeightSymmetric": True, "MatMulConstBOnly": True}}),
         ("cpu-x86-vnni", {"weight_type": "int4", "op_types": ("Conv",)}, {
             "quant_format": QuantFormat.QDQ, "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt4,
@@ -67,6 +67,19 @@ def _strict(text: str):
 )
 def test_ort_arguments_table(profile, kw, expect):
     assert ptq.ort_arguments(_recipe(profile, **kw)) == expect
+
+
+def test_ort_arguments_spells_every_layout_flag():
+    import dataclasses
+
+    from onnxq.profiles import LayoutSpec
+
+    prof = load_profile("tensorrt")
+    prof = dataclasses.replace(prof, quant=dataclasses.replace(prof.quant, layout=LayoutSpec(("Conv",), True, True, True)))
+    extra = ptq.ort_arguments(resolve(prof, CNN, CAPS, Overrides()))["extra_options"]
+    assert {k: extra[k] for k in ("OpTypesToExcludeOutputQuantization", "AddQDQPairToWeight", "DedicatedQDQPair",
+                                  "QDQKeepRemovableActivations")} == {"OpTypesToExcludeOutputQuantization": ["Conv"],
+                                  "AddQDQPairToWeight": True, "DedicatedQDQPair": True, "QDQKeepRemovableActivations": True}
 
 
 def test_ort_arguments_names_the_ranges_file_and_refuses_fp16(tmp_path):

@@ -27,28 +27,24 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from ..check import RULES, check_model
-    from ..modelio import load_model
+    from ..check import RULES, check_model, summarize
+    from ..modelio import load_model, recorded_weight_type
     from ..runtime import resolve_profile
 
     prof, why = resolve_profile(args.profile)
     model = load_model(args.model)
-    weight_type = args.weight_type or _manifest_weight_type(args.model)
+    # the weight type onnxq wrote into the model itself (not the sidecar manifest): same answer with or without it
+    weight_type = args.weight_type or recorded_weight_type(model)
     violations = check_model(model, prof, weight_type=weight_type)
+    groups = summarize(violations, prof)
     if args.json:
-        print(json.dumps({"model": args.model, "profile": prof.name, "ok": not violations,
-                          "violations": [v.to_dict() for v in violations]}, indent=2))
+        print(json.dumps({"model": args.model, "profile": prof.name, "ok": not violations, "weight_type": weight_type,
+                          "rules": groups, "violations": [v.to_dict() for v in violations]}, indent=2))
+    elif violations:
+        rows = [[g["rule"], g["count"], g["examples"][0][:90], g["fix"]] for g in groups]
+        print(tabulate(rows, headers=["rule", "nodes", "first example", "fix"], tablefmt="github"))
+        print(f"\n{len(violations)} violation(s) of profile {prof.name!r} in {len(groups)} rule(s)")
     else:
-        if violations:
-            print(tabulate([[v.rule, v.node, v.detail] for v in violations], headers=["rule", "node", "detail"], tablefmt="github"))
-            print(f"\n{len(violations)} violation(s) of profile {prof.name!r} ({why})")
-        else:
-            print(f"OK: {args.model} satisfies profile {prof.name!r}: " + "; ".join(RULES[r] for r in ("qdq-format", "activation-type", "weight-type")))
+        print(f"OK: {args.model} satisfies profile {prof.name!r} ({why}): "
+              + "; ".join(RULES[r] for r in ("qdq-format", "activation-type", "weight-type")))
     return 1 if violations else 0
-
-
-def _manifest_weight_type(model_path: str) -> str | None:
-    """The weight type recorded in the model's own onnxq manifest (NAME.onnxq.json), if it has one."""
-    from ..manifest import read_manifest, recorded_weight_type
-
-    return recorded_weight_type(read_manifest(model_path))

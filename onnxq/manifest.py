@@ -5,7 +5,8 @@
 'net.int8.onnxq.json'
 
 Schema ``onnxq.manifest/2``: ``schema``, ``kind`` (``quantize``, ``export`` or ``qat``), ``created``,
-``versions``, ``output`` (``path``, ``sha256`` of the model file), ``profile``, and per kind
+``versions``, ``output`` (``path``, ``sha256`` of the model file, ``external_data``: each weight file beside
+it with its ``bytes`` and ``sha256``), ``profile``, and per kind
 ``input``, ``recipe`` (the resolved :class:`onnxq.plan.Recipe`: types, opset, op types, nodes kept in
 float) and ``result`` (what was measured). Non-finite numbers are written as the strings ``"inf"``,
 ``"-inf"`` and ``"nan"`` (JSON has no such numbers). :func:`read_manifest` also reads version 1
@@ -37,8 +38,11 @@ def manifest_path(model_path: str | os.PathLike) -> Path:
     return p.with_name(f"{stem}.onnxq.json")
 
 
-def new_manifest(kind: str, output: str | os.PathLike, *, written: str | os.PathLike | None = None, **fields: Any) -> dict[str, Any]:
-    """A manifest for the model at ``output``; its hash is read from ``written`` (the temp file) when given."""
+def new_manifest(kind: str, output: str | os.PathLike, *, written: str | os.PathLike | None = None,
+                 data: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+    """A manifest for the model at ``output``; its hash is read from ``written`` (the temp file) when given.
+    ``data`` lists its external-data files (``file``, ``bytes``, ``sha256``), as :meth:`onnxq.modelio.ModelUnit.seal`
+    returns them."""
     from . import __version__
 
     if kind not in KINDS:
@@ -48,7 +52,7 @@ def new_manifest(kind: str, output: str | os.PathLike, *, written: str | os.Path
         "kind": kind,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "onnxq": __version__,
-        "output": {"path": str(output), "sha256": file_sha256(written or output)},
+        "output": {"path": str(output), "sha256": file_sha256(written or output), "external_data": list(data or [])},
     }
     doc.update(fields)
     return doc

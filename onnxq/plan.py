@@ -42,6 +42,9 @@ TRANSFORMER_OPS = frozenset({"Softmax", "LayerNormalization", "Attention", "Mult
 # Gather quantizes the embedding tables (MiniLM 90 MB -> 23 MB; cosine 0.9959 -> 0.9955 with SmoothQuant).
 TRANSFORMER_STATIC_OPS = ("MatMul", "Gemm", "Gather")
 HOLDOUT = 32  # calibration samples held out to measure fidelity against FP32
+# models whose protobuf reaches this many bytes are written with their weights in external data (protobuf
+# cannot serialise 2 GiB; 64 MiB of headroom for what quantization adds)
+EXTERNAL_DATA_ABOVE = 2**31 - 1 - 64 * 2**20
 NUM_BINS = 2048  # histogram bins per sign for entropy / percentile
 
 
@@ -53,6 +56,7 @@ class GraphFacts:
     opset: int
     node_names: frozenset[str] = frozenset()
     op_counts: tuple[tuple[str, int], ...] = ()
+    model_bytes: int = 0  # the model with its weights (external data included)
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ class Recipe:
     algorithms: AlgorithmSpec = field(default_factory=AlgorithmSpec)
     target: TargetSpec | None = None  # static only: the accuracy-targeted float fallback
     keep_io_types: bool = True  # fp16: float32 inputs/outputs kept
+    external_data: bool = False  # staged and written with weights in external data (the model is near protobuf's 2 GB)
 
     @property
     def needs_opset_conversion(self) -> bool:
@@ -369,4 +374,5 @@ def resolve(profile: Profile, facts: GraphFacts, caps: QuantizerCaps, overrides:
         algorithms=_algorithms(profile, facts, o, mode, ops),
         target=_target(o, mode),
         keep_io_types=o.keep_io_types,
+        external_data=facts.model_bytes >= EXTERNAL_DATA_ABOVE,
     )

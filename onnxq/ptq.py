@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import io
 import logging
 import os
@@ -39,15 +40,16 @@ import onnx
 import onnx.version_converter
 
 from . import __version__
-from ._fs import atomic_path, file_sha256
+from ._fs import check_output, external_files, file_sha256, require_space, size_with_data
 from .calibration import CalibrationSet, RangeReport, collect_ranges
 from .errors import InputError, first_line
 from .evaluate import fidelity
-from .manifest import manifest_path, new_manifest, write_manifest
-from .modelio import default_output, graph_facts, load_model, model_opset, needs_external_data, stamp_recipe, toposort
+from .manifest import manifest_path, new_manifest
+from .modelio import (default_output, graph_facts, load_model, model_opset, model_unit, needs_external_data, stamp_recipe,
+                      toposort, write_model)
 from .plan import HOLDOUT, Overrides, QuantizerCaps, Recipe, parse_target, resolve
 from .profiles import Profile
-from .runtime import resolve_profile
+from .runtime import require_providers, resolve_profile
 
 __all__ = [
     "quantize", "QuantResult", "ort_arguments", "quantizer_caps", "prepare_graph", "preprocess", "ensure_node_names",
@@ -158,8 +160,11 @@ def ort_arguments(recipe: Recipe, *, ranges_path: str | os.PathLike | None = Non
                 "extra_options": extra, "calibration_data_reader": None, "calibrate_method": CalibrationMethod.MinMax}
         if ranges_path is not None:
             args["calibration_cache_path"] = str(ranges_path)
+        if recipe.external_data:
+            args["use_external_data_format"] = True
         return args
-    return {**common, "extra_options": {"WeightSymmetric": recipe.weight_symmetric, "MatMulConstBOnly": True}}
+    return {**common, "extra_options": {"WeightSymmetric": recipe.weight_symmetric, "MatMulConstBOnly": True},
+            **({"use_external_data_format": True} if recipe.external_data else {})}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,17 +172,26 @@ def ort_arguments(recipe: Recipe, *, ranges_path: str | os.PathLike | None = Non
 
 
 @contextlib.contextmanager
+def _collecting():
+    """gc after the block: onnxruntime's quantization tools keep models in reference cycles, which Python frees only
+    at a collection; with a 2 GB model that is 2 GB held until then."""
+    try:
+        yield
+    finally:
+        gc.collect()
+
+
+@contextlib.contextmanager
 def _quiet_onnxruntime():
     """onnxruntime.quantization logs hints and warnings on the root logger; the summary says what matters."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)  # its fallbacks log ERROR with tracebacks; onnxq reports the outcome in one line
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        root.setLevel(level)
+        logging.disable(previous)
 
 
 def _to_opset(model: onnx.ModelProto, recipe: Recipe) -> onnx.ModelProto:
@@ -193,12 +207,17 @@ def _to_opset(model: onnx.ModelProto, recipe: Recipe) -> onnx.ModelProto:
                          f"re-export it with --opset {recipe.opset}") from e
 
 
-def preprocess(model: onnx.ModelProto, tmp: Path) -> tuple[onnx.ModelProto, str]:
-    """Shape inference + graph optimisation; symbolic shape inference falls back gracefully."""
+def preprocess(model: onnx.ModelProto | Path, tmp: Path) -> tuple[onnx.ModelProto, str]:
+    """Shape inference + graph optimisation; symbolic shape inference falls back gracefully. ``model`` may be
+    the path of a model with external data (read by onnxruntime from there, never held twice here)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    src = tmp / "input.onnx"
-    onnx.save_model(model, str(src))
+    if isinstance(model, Path):
+        src, big = model.resolve(), True  # resolved: quant_pre_process runs in the temp folder
+    else:
+        src = tmp / "input.onnx"
+        big = needs_external_data(model)
+        write_model(model, src, external=big)
     dst = tmp / "preprocessed.onnx"
     attempts = [("symbolic shape inference + optimization", {}),
                 ("onnx shape inference + optimization", {"skip_symbolic_shape": True}),
@@ -207,11 +226,17 @@ def preprocess(model: onnx.ModelProto, tmp: Path) -> tuple[onnx.ModelProto, str]
     for label, kw in attempts:
         try:
             # chdir: symbolic shape inference writes temp files (~model size) into the working directory
-            with contextlib.chdir(tmp), _quiet_onnxruntime():
-                quant_pre_process(str(src), str(dst), **kw)
+            with contextlib.chdir(tmp), _quiet_onnxruntime(), _collecting():
+                quant_pre_process(str(src), str(dst), save_as_external_data=big, all_tensors_to_one_file=True,
+                                  external_data_location="preprocessed.onnx.data", **kw)
             return onnx.load(str(dst)), label + (f" ({'; '.join(errors)})" if errors else "")
         except Exception as e:  # each fallback is recorded with its cause; the last resort is plain shape inference
             errors.append(f"{label.split(' + ')[0]} failed: {type(e).__name__}: {first_line(e)[:100]}")
+    if isinstance(model, Path):  # onnx's in-memory inference cannot take a model over 2 GB: the path variant can
+        onnx.shape_inference.infer_shapes_path(str(model), str(dst))
+        inferred = onnx.load(str(dst), load_external_data=False)
+        onnx.external_data_helper.load_external_data_for_model(inferred, str(model.resolve().parent))  # its data stays beside the source
+        return inferred, "plain onnx shape inference (" + "; ".join(errors) + ")"
     inferred = onnx.shape_inference.infer_shapes(model)
     return inferred, "plain onnx shape inference (" + "; ".join(errors) + ")"
 
@@ -227,9 +252,11 @@ def ensure_node_names(model: onnx.ModelProto) -> None:
             used.add(name)
 
 
-def prepare_graph(model: onnx.ModelProto, recipe: Recipe, tmp: Path) -> tuple[onnx.ModelProto, str]:
-    """The graph the writer sees: at the recipe's opset; for static mode pre-processed, every node named."""
-    model = _to_opset(model, recipe)
+def prepare_graph(model: onnx.ModelProto | Path, recipe: Recipe, tmp: Path) -> tuple[onnx.ModelProto | Path, str]:
+    """The graph the writer sees: at the recipe's opset; for static mode pre-processed, every node named.
+    ``model`` may be the path of a big model that needs no opset conversion (see :func:`quantize`)."""
+    if not isinstance(model, Path):
+        model = _to_opset(model, recipe)
     if recipe.mode != "static":
         return model, ""
     pre, label = preprocess(model, tmp)
@@ -270,12 +297,14 @@ def write_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], re
     cache = tmp / "ranges.json"
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
     src = tmp / "to_quantize.onnx"
-    onnx.save_model(_to_opset(model, recipe), str(src))
+    write_model(_to_opset(model, recipe), src, external=recipe.external_data)
     try:
         with _quiet_onnxruntime():
             quantize_static(str(src), str(out_path), **ort_arguments(recipe, ranges_path=cache))
     except KeyError as e:
         raise InputError(f"onnxruntime's quantizer needs a range for tensor {e} that calibration did not produce") from e
+    finally:
+        gc.collect()  # its quantizer holds the model in reference cycles: a big model's weights would linger
     if recipe.excluded_nodes:  # nodes kept in float must stay float at run time too (see algorithms.sensitivity)
         from .algorithms.sensitivity import guard_float_nodes
 
@@ -283,15 +312,14 @@ def write_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], re
         before = len(written.graph.node)
         guard_float_nodes(written, set(recipe.excluded_nodes))
         if len(written.graph.node) != before:
-            onnx.save_model(written, str(out_path))
+            write_model(written, out_path, external=recipe.external_data)
 
 
-def write_dynamic(model: onnx.ModelProto, recipe: Recipe, out_path: Path, tmp: Path) -> None:
+def write_dynamic(model: onnx.ModelProto | Path, recipe: Recipe, out_path: Path, tmp: Path) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
-    src = tmp / "input.onnx"
-    onnx.save_model(model, str(src))
-    with _quiet_onnxruntime():  # onnxruntime logs a pre-processing hint on every call
+    src = model if isinstance(model, Path) else write_model(model, tmp / "input.onnx", external=recipe.external_data)
+    with _quiet_onnxruntime(), _collecting():  # onnxruntime logs a pre-processing hint on every call
         quantize_dynamic(str(src), str(out_path), **ort_arguments(recipe))
 
 
@@ -302,7 +330,7 @@ def write_fp16(model: onnx.ModelProto, recipe: Recipe, out_path: Path) -> None:
         warnings.simplefilter("ignore")
         half = convert_float_to_float16(model, keep_io_types=recipe.keep_io_types, disable_shape_infer=False)
     toposort(half.graph)  # the converter appends its input Casts after their consumers
-    onnx.save_model(half, str(out_path))
+    write_model(half, out_path)
 
 
 def count_quantized(model: onnx.ModelProto) -> tuple[int, int]:
@@ -347,9 +375,10 @@ def validate(path: Path, ref_model_path: Path, holdout: CalibrationSet, profile:
         sess, info = make_session(path, profile, allow_fallback=True)
     except Exception as e:
         raise InputError(f"the quantized model does not load in onnxruntime: {first_line(e)}") from e
-    ref, _ = make_session(ref_model_path, profile, allow_fallback=True)
     bs = holdout.batch_size()
     cand_outs = run_batches(sess, holdout.batches(bs))
+    del sess  # one session at a time: a big model's FP32 weights are not held beside the quantized ones
+    ref, _ = make_session(ref_model_path, profile, allow_fallback=True)
     ref_outs = run_batches(ref, holdout.batches(bs))
     fid = {o.name: fidelity(np.concatenate(r), np.concatenate(c).astype(np.float64))
            for o, r, c in zip(ref.get_outputs(), ref_outs, cand_outs)}
@@ -494,8 +523,7 @@ def target_scorer(ref_path: Path, holdout: CalibrationSet, profile: Profile, met
                          f"{list(ref.shape)}: use --target cosine=... or sqnr=... (or pick the logits output)")
 
     def score(model: Any) -> float:
-        src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-        sess, _ = make_session(src, profile, allow_fallback=True)
+        sess, _ = make_session(model if isinstance(model, onnx.ModelProto) else str(model), profile, allow_fallback=True)
         return target_score(ref, np.concatenate(run_batches(sess, holdout.batches(bs))[idx]), metric)
 
     return score, names[idx]
@@ -622,6 +650,13 @@ def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random, ref_path
     return recipe, holdout, info, warns, label
 
 
+# ops only a quantized graph holds (QDQ, QOperator and integer kernels, 4-bit weight blocks)
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                           "MatMulInteger", "ConvInteger", "QGemm", "QLinearAdd", "QLinearMul", "QAttention",
+                           "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulNBits", "QLinearGlobalAveragePool",
+                           "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool"})
+
+
 def quantize(
     model_path: str | os.PathLike,
     *,
@@ -643,6 +678,7 @@ def quantize(
     cle: bool | None = None,
     target: str | None = None,
     output_name: str | None = None,
+    allow_fallback: bool = False,
     progress: bool = True,
 ) -> QuantResult:
     """Quantize an FP32 ONNX model for a hardware profile and measure what it cost.
@@ -662,17 +698,23 @@ def quantize(
         bias_correction=bias_correction, smoothquant=smoothquant, cle=cle,
         target=parse_target(target) if isinstance(target, str) else target,
     )
-    model = load_model(model_path)
-    if needs_external_data(model):
-        raise InputError(
-            f"{model_path} is {model.ByteSize() / 2**30:.1f} GB, over protobuf's 2 GB limit; onnxq quantize cannot stage it yet: "
-            "use onnxruntime.quantization with use_external_data_format=True, or quantize a smaller export"
-        )
+    model = load_model(model_path, load_external=False)  # the graph (and its external data checked)
     facts = graph_facts(model)
+    done = sorted(facts.op_types & QUANTIZED_OPS)
+    if done:
+        n = sum(c for op, c in facts.op_counts if op in QUANTIZED_OPS)
+        raise InputError(f"{model_path} is already quantized ({n} node(s) of {', '.join(done)}); quantizing it again would "
+                         "stack a second set of scales on the first: quantize its FP32 original instead")
     recipe = resolve(prof, facts, quantizer_caps(), overrides)
     out = Path(output) if output else default_output(model_path, recipe.mode)
-    if out.resolve() == model_path.resolve():
-        raise InputError(f"output {out} is the input model; onnxq never overwrites its input: choose another -o")
+    inputs = [model_path, *external_files(model_path), calibration if isinstance(calibration, (str, os.PathLike)) else None]
+    check_output(out, inputs=inputs)
+    check_output(manifest_path(out), inputs=inputs, what="manifest")
+    require_providers(prof, allow_fallback, "validates the quantized model on them")
+    need_tmp = 3 * facts.model_bytes + 16 * 2**20
+    require_space(tempfile.gettempdir(), need_tmp, "the temporary folder", "set TMPDIR to a folder with more free space")
+    require_space(out.parent, int(facts.model_bytes * (0.55 if recipe.mode == "fp16" else 0.3)) + 2**20, "the output folder",
+                  "free space there or choose another -o")
     if recipe.mode == "static" and calibration is None and not calib_random:
         raise InputError(
             "--mode static needs calibration data: pass --calib FILE.npz (keyed by input name), a .npy or a directory; "
@@ -683,52 +725,61 @@ def quantize(
     calib = None
     if calibration is not None:
         calib = CalibrationSet.from_source(calibration, model, limit=limit)
+        calib.check_values()  # one bounded pass: a NaN in the last shard fails now, not after minutes of work
     elif calib_random:
         calib = CalibrationSet.random(model, int(calib_random))
     warns: list[str] = list(calib.notes) if calib is not None else []
     calib_info: dict[str, Any] = {}
     label = ""
-    with tempfile.TemporaryDirectory(prefix="onnxq.") as tmpd:
-        tmp = Path(tmpd)
-        ref_path = tmp / "reference.onnx"
-        ref_model = _to_opset(model, recipe) if recipe.mode == "static" else model
-        onnx.save_model(ref_model, str(ref_path))
-        with atomic_path(out) as tmp_out:
-            if recipe.mode == "static":
-                recipe, holdout, calib_info, more, label = _static(
-                    ref_model, recipe, calib, tmp, tmp_out, progress, bool(calib_random) and calibration is None, ref_path, prof,
-                    output_name)
-                warns += more
+    # a big model (weights near protobuf's 2 GB) that needs no opset conversion is never held in memory whole
+    # here: onnxruntime reads it from its file (pre-processing, dynamic quantization, the FP32 reference)
+    by_path = recipe.external_data and not (recipe.mode == "static" and recipe.needs_opset_conversion) and recipe.mode != "fp16"
+    if not by_path:
+        model = load_model(model_path)
+    with tempfile.TemporaryDirectory(prefix="onnxq.") as tmpd, model_unit(out) as unit:
+        tmp, tmp_out = Path(tmpd), unit.model
+        source = model_path if by_path else model
+        ref_path = model_path
+        if recipe.mode == "static" and recipe.needs_opset_conversion:  # the reference is the graph at the output's opset
+            source = _to_opset(model, recipe)
+            ref_path = write_model(source, tmp / "reference.onnx", external=recipe.external_data)
+        if recipe.mode == "static":
+            recipe, holdout, calib_info, more, label = _static(
+                source, recipe, calib, tmp, tmp_out, progress, bool(calib_random) and calibration is None, ref_path, prof,
+                output_name)
+            warns += more
+        else:
+            if recipe.mode == "dynamic":
+                write_dynamic(prepare_graph(source, recipe, tmp)[0], recipe, tmp_out, tmp)
             else:
-                if recipe.mode == "dynamic":
-                    write_dynamic(prepare_graph(model, recipe, tmp)[0], recipe, tmp_out, tmp)
-                else:
-                    write_fp16(model, recipe, tmp_out)
-                holdout = calib.split(HOLDOUT)[1] if calib is not None else None
-            stamp_recipe(tmp_out, recipe.to_dict())
-            qmodel = onnx.load(str(tmp_out))
-            try:
-                onnx.checker.check_model(qmodel)
-            except onnx.checker.ValidationError as e:
-                raise InputError(f"the quantized model failed onnx.checker: {first_line(e)}") from e
-            if holdout is None:
-                holdout = CalibrationSet.random(model, 8)
-                warns.append("fidelity measured on 8 random samples (no --calib data given): not representative")
-            fid, validation = validate(tmp_out, ref_path, holdout, prof)
-            if validation["providers"]["fallback"]:
-                warns.append(validation["providers"]["note"] + " (validation ran on the available provider)")
-            ops_before = dict(Counter(n.op_type for n in model.graph.node))
-            q, f = count_quantized(qmodel)
-            warns += _mode_warnings(recipe, ops_before, q)
-            result = QuantResult(
-                output=out, manifest=manifest_path(out), recipe=recipe, size_before=model_path.stat().st_size,
-                size_after=tmp_out.stat().st_size, ops_before=ops_before, ops_after=dict(Counter(n.op_type for n in qmodel.graph.node)),
-                quantized_nodes=q, float_nodes=f, fidelity=fid, validation=validation, wall_s=time.perf_counter() - t0,
-                warnings=warns, float_tensors=calib_info.pop("float_tensors", {}), calibration=calib_info, preprocess=label,
-            )
-            manifest = build_manifest(result, prof, model_path, tmp_out)
-    # the model is in place now (atomic rename); the manifest follows it
-    write_manifest(manifest, result.manifest)
+                write_fp16(model, recipe, tmp_out)
+            holdout = calib.split(HOLDOUT)[1] if calib is not None else None
+        del source
+        stamp_recipe(tmp_out, recipe.to_dict())
+        qmodel = onnx.load(str(tmp_out), load_external_data=False)  # the graph; weights stay on disk
+        try:
+            onnx.checker.check_model(str(tmp_out) if recipe.external_data else onnx.load(str(tmp_out)))
+        except onnx.checker.ValidationError as e:
+            raise InputError(f"the quantized model failed onnx.checker: {first_line(e)}") from e
+        if holdout is None:
+            holdout = CalibrationSet.random(model, 8)
+            warns.append("fidelity measured on 8 random samples (no --calib data given): not representative")
+        fid, validation = validate(tmp_out, ref_path, holdout, prof)
+        if validation["providers"]["fallback"]:
+            warns.append(validation["providers"]["note"] + " (validation ran on the available provider)")
+        ops_before = dict(Counter(n.op_type for n in model.graph.node))
+        q, f = count_quantized(qmodel)
+        warns += _mode_warnings(recipe, ops_before, q)
+        data = unit.seal()
+        result = QuantResult(
+            output=out, manifest=manifest_path(out), recipe=recipe, size_before=size_with_data(model_path),
+            size_after=tmp_out.stat().st_size + sum(d["bytes"] for d in data), ops_before=ops_before,
+            ops_after=dict(Counter(n.op_type for n in qmodel.graph.node)), quantized_nodes=q, float_nodes=f, fidelity=fid,
+            validation=validation, wall_s=time.perf_counter() - t0, warnings=warns,
+            float_tensors=calib_info.pop("float_tensors", {}), calibration=calib_info, preprocess=label,
+        )
+        unit.write_manifest(build_manifest(result, prof, model_path, tmp_out, data))
+    # model, its external data and its manifest are in place now (renamed together)
     return result
 
 
@@ -751,13 +802,13 @@ def sensitivity(model_path: str | os.PathLike, *, calibration: Any, metric: str 
     return out
 
 
-def build_manifest(result: QuantResult, prof: Profile, model_path: Path, written: Path) -> dict[str, Any]:
+def build_manifest(result: QuantResult, prof: Profile, model_path: Path, written: Path, data: list | None = None) -> dict[str, Any]:
     from .runtime import ort_info
 
     body = result.to_dict()
     recipe = body.pop("recipe")
     return new_manifest(
-        "quantize", result.output, written=written,
+        "quantize", result.output, written=written, data=data,
         versions={"onnxq": __version__, "onnx": onnx.__version__, "onnxruntime": ort_info()["version"], "numpy": np.__version__},
         input={"path": str(model_path), "sha256": file_sha256(model_path)},
         profile={"name": prof.name, "sha256": prof.sha256, "source": prof.source},

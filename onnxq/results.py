@@ -186,6 +186,8 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path} is not readable JSON ({type(e).__name__}: {e}); pass a file written by onnxq") from e
+    except RecursionError as e:
+        raise InputError(f"{path} nests its JSON deeper than any onnxq result does; pass a file written by onnxq") from e
     return check_document(doc, str(path))
 
 

@@ -12,9 +12,12 @@ allows fallback, recorded in ``SessionInfo.fallback`` / ``.note`` for every resu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
@@ -22,8 +25,12 @@ import onnxruntime as ort
 from .errors import InputError, ProviderError, first_line
 from .profiles import Profile, RuntimeSpec, auto_profile, load_profile
 
-__all__ = ["make_session", "SessionInfo", "available_providers", "required_providers", "resolve_profile", "ort_info", "cpu_profile",
+__all__ = ["make_session", "require_providers", "SessionInfo", "available_providers", "required_providers", "resolve_profile", "ort_info", "cpu_profile",
            "run_batches", "compute_session"]
+
+# onnxruntime's own C++ log (warnings about unused initializers, fallbacks it then reports as errors anyway)
+# would print around onnxq's one-line messages; sessions onnxq creates also set log_severity_level = 3.
+ort.set_default_logger_severity(3)
 
 _OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -80,8 +87,21 @@ def required_providers(profile: Profile) -> list[str]:
     return provs
 
 
+def require_providers(profile: Profile, allow_fallback: bool, doing: str) -> list[str]:
+    """Refuse, before any work, a profile whose providers this onnxruntime lacks, unless ``allow_fallback``;
+    returns the missing ones (to mark FALLBACK in every result)."""
+    missing = [p for p in required_providers(profile) if p not in available_providers()]
+    if missing and not allow_fallback:
+        raise ProviderError(
+            f"profile {profile.name!r} needs {', '.join(missing)}, which this onnxruntime build lacks (available: "
+            f"{', '.join(available_providers())}); onnxq {doing}: install the matching onnxruntime package, pick "
+            "another --profile, or pass --allow-fallback to run on what is available (marked FALLBACK)"
+        )
+    return missing
+
+
 def make_session(
-    model: str | os.PathLike | bytes,
+    model: Any,
     profile: Profile,
     *,
     allow_fallback: bool = False,
@@ -117,11 +137,15 @@ def make_session(
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_model_path:
         so.optimized_model_filepath = optimized_model_path
-    src = model if isinstance(model, bytes) else os.fspath(model)
-    try:
-        sess = ort.InferenceSession(src, so, providers=providers)
-    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise InputError(f"onnxruntime cannot load the model: {first_line(e)}") from e
+    if isinstance(model, (str, os.PathLike)):
+        from .modelio import preflight
+
+        preflight(model)  # onnxq's one-line message for a bad file, opset, custom op or external data
+    with _session_source(model) as src:
+        try:
+            sess = ort.InferenceSession(src, so, providers=providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise InputError(f"onnxruntime cannot load the model: {first_line(e)}") from e
     active = list(sess.get_providers())
     inactive = [p for p in required if p not in active]
     fallback = bool(inactive)
@@ -150,11 +174,28 @@ def compute_session(model: Any):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
-    src = model.SerializeToString() if hasattr(model, "SerializeToString") else (model if isinstance(model, bytes) else os.fspath(model))
-    try:
-        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise InputError(first_line(e)) from e
+    so.add_session_config_entry("session.disable_prepacking", "1")  # no packed second copy of every weight
+    with _session_source(model) as src:
+        try:
+            return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise InputError(first_line(e)) from e
+
+
+@contextlib.contextmanager
+def _session_source(model: Any):
+    """What InferenceSession takes for ``model``: a path, bytes, or for a ModelProto its bytes, or a temporary
+    file with external data when it is too big to serialise (onnxruntime has read it once the session exists)."""
+    if not hasattr(model, "SerializeToString"):
+        yield model if isinstance(model, bytes) else os.fspath(model)
+        return
+    from .modelio import needs_external_data, write_model
+
+    if not needs_external_data(model):
+        yield model.SerializeToString()
+        return
+    with tempfile.TemporaryDirectory(prefix="onnxq.session.") as d:
+        yield str(write_model(model, Path(d) / "model.onnx", external=True))
 
 
 def run_batches(sess: ort.InferenceSession, batches) -> list[list]:

@@ -39,8 +39,8 @@ import onnx
 
 from . import __version__
 from .errors import CheckFailed, InputError, first_line
-from .manifest import manifest_path, new_manifest, write_manifest
-from .modelio import save_model
+from .manifest import manifest_path, new_manifest
+from .modelio import model_unit, needs_external_data, write_model
 from .torch_export import ExportResult  # torch_export imports torch only inside its functions
 
 __all__ = ["TF_INSTALL_HINT", "KerasSource", "export_keras", "load_keras", "require_tf"]
@@ -528,34 +528,36 @@ def export_keras(
         onnx.checker.check_model(onnx_model)
     except onnx.checker.ValidationError as e:
         raise CheckFailed(f"the converted model fails onnx.checker: {first_line(e)}; nothing was written") from e
-    if onnx_model.ByteSize() >= 2**31 - 1:
+    if needs_external_data(onnx_model):
         raise InputError("the converted model is over protobuf's 2 GB limit; onnxq export from TensorFlow supports smaller models only")
     model_bytes = onnx_model.SerializeToString()
 
     parity = _check_parity(model_bytes, runs, refs, in_names, out_names, prof, atol, rtol)
-    save_model(onnx_model, path)
-    res = ExportResult(
-        path=path,
-        opset=opset,
-        input_names=in_names,
-        output_names=out_names,
-        input_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.input if vi.name in in_names},
-        output_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.output},
-        parity=parity,
-        exporter=f"{EXPORTER} (tf2onnx {tf2onnx.__version__})",
-        dynamic_batch=dynamic_batch,
-        profile=prof.name,
-        atol=atol,
-        rtol=rtol,
-        size=path.stat().st_size,
-        wall_s=0.0,
-    )
-    res.notes.append(f"source: {src.description}" + (f", signature {SERVING!r}" if src.kind == "saved_model" else ""))
-    res.notes.append("input and output layout kept as in the TensorFlow model (NHWC stays NHWC)")
-    res.wall_s = time.perf_counter() - t0
-    if manifest:
-        res.manifest = manifest_path(path)
-        write_manifest(_manifest(res, prof, src, tf, tf2onnx), res.manifest)
+    with model_unit(path) as unit:  # model and manifest: both or neither
+        write_model(onnx_model, unit.model)
+        data = unit.seal()
+        res = ExportResult(
+            path=path,
+            opset=opset,
+            input_names=in_names,
+            output_names=out_names,
+            input_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.input if vi.name in in_names},
+            output_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.output},
+            parity=parity,
+            exporter=f"{EXPORTER} (tf2onnx {tf2onnx.__version__})",
+            dynamic_batch=dynamic_batch,
+            profile=prof.name,
+            atol=atol,
+            rtol=rtol,
+            size=unit.model.stat().st_size,
+            wall_s=0.0,
+        )
+        res.notes.append(f"source: {src.description}" + (f", signature {SERVING!r}" if src.kind == "saved_model" else ""))
+        res.notes.append("input and output layout kept as in the TensorFlow model (NHWC stays NHWC)")
+        res.wall_s = time.perf_counter() - t0
+        if manifest:
+            res.manifest = manifest_path(path)
+            unit.write_manifest(_manifest(res, prof, src, tf, tf2onnx, unit.model, data))
     return res
 
 
@@ -615,7 +617,7 @@ def _check_parity(model_bytes: bytes, runs, refs, in_names, out_names, prof, ato
     return parity
 
 
-def _manifest(res: ExportResult, prof, src: KerasSource, tf, tf2onnx) -> dict[str, Any]:
+def _manifest(res: ExportResult, prof, src: KerasSource, tf, tf2onnx, written: Path, data: list) -> dict[str, Any]:
     from .runtime import ort_info
 
     versions = {"onnxq": __version__, "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
@@ -625,7 +627,7 @@ def _manifest(res: ExportResult, prof, src: KerasSource, tf, tf2onnx) -> dict[st
 
         versions["keras"] = keras.__version__
     return new_manifest(
-        "export", res.path,
+        "export", res.path, written=written, data=data,
         versions=versions,
         profile={"name": prof.name, "sha256": prof.sha256, "source": prof.source},
         input={"kind": src.kind, "description": src.description, "path": str(src.path) if src.path else None},

@@ -32,8 +32,8 @@ import onnx
 
 from . import __version__
 from .errors import CheckFailed, InputError, first_line
-from .manifest import manifest_path, new_manifest, write_manifest
-from .modelio import save_model
+from .manifest import manifest_path, new_manifest
+from .modelio import model_unit, needs_external_data, write_model
 
 __all__ = ["TORCH_INSTALL_HINT", "ExportResult", "export", "require_torch", "build_model", "load_checkpoint", "random_inputs"]
 
@@ -235,32 +235,34 @@ def export(
         onnx.checker.check_model(onnx_model)
     except onnx.checker.ValidationError as e:
         raise CheckFailed(f"the exported model fails onnx.checker: {first_line(e)}; nothing was written") from e
-    model_bytes = onnx_model.SerializeToString() if onnx_model.ByteSize() < 2**31 - 1 else None
+    model_bytes = None if needs_external_data(onnx_model) else onnx_model.SerializeToString()
 
     parity = _check_parity(model_bytes, onnx_model, path, inputs, ref1, doubled, ref2, in_names, out_names, prof, atol, rtol)
-    save_model(onnx_model, path)
-    res = ExportResult(
-        path=path,
-        opset=opset,
-        input_names=in_names,
-        output_names=out_names,
-        input_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.input if vi.name in in_names},
-        output_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.output},
-        parity=parity,
-        exporter=EXPORTER,
-        dynamic_batch=dynamic_batch,
-        profile=prof.name,
-        atol=atol,
-        rtol=rtol,
-        size=path.stat().st_size,
-        wall_s=0.0,
-    )
-    if model_bytes is None:
-        res.notes.append("model over 2 GB: parity ran from a temporary file and weights went to a side .data file")
-    res.wall_s = time.perf_counter() - t0
-    if manifest:
-        res.manifest = manifest_path(path)
-        write_manifest(_manifest(res, prof, torch), res.manifest)
+    with model_unit(path) as unit:  # model, external data and manifest: all or nothing
+        write_model(onnx_model, unit.model)
+        data = unit.seal()
+        res = ExportResult(
+            path=path,
+            opset=opset,
+            input_names=in_names,
+            output_names=out_names,
+            input_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.input if vi.name in in_names},
+            output_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.output},
+            parity=parity,
+            exporter=EXPORTER,
+            dynamic_batch=dynamic_batch,
+            profile=prof.name,
+            atol=atol,
+            rtol=rtol,
+            size=unit.model.stat().st_size + sum(d["bytes"] for d in data),
+            wall_s=0.0,
+        )
+        if model_bytes is None:
+            res.notes.append("model over 2 GB: parity ran from a temporary file and weights went to a side .data file")
+        res.wall_s = time.perf_counter() - t0
+        if manifest:
+            res.manifest = manifest_path(path)
+            unit.write_manifest(_manifest(res, prof, torch, unit.model, data))
     return res
 
 
@@ -287,7 +289,7 @@ def _check_parity(model_bytes, onnx_model, path, inputs, ref1, doubled, ref2, in
         src = model_bytes
         if src is None:  # > 2 GB: onnxruntime loads it from a file with its external data
             big = Path(tmpd) / "model.onnx"
-            save_model(onnx_model, big)
+            write_model(onnx_model, big)
             src = str(big)
         runs = [(inputs, ref1)] + ([(doubled, ref2)] if doubled is not None else [])
         parity: dict[str, dict[str, Any]] = {n: {"max_abs": 0.0, "cosine": 1.0, "ok": True, "batches": []} for n in out_names}
@@ -326,11 +328,11 @@ def _check_parity(model_bytes, onnx_model, path, inputs, ref1, doubled, ref2, in
     return parity
 
 
-def _manifest(res: ExportResult, prof, torch) -> dict[str, Any]:
+def _manifest(res: ExportResult, prof, torch, written: Path, data: list) -> dict[str, Any]:
     from .runtime import ort_info
 
     return new_manifest(
-        "export", res.path,
+        "export", res.path, written=written, data=data,
         versions={"onnxq": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                   "onnxruntime": ort_info()["version"], "numpy": np.__version__},
         profile={"name": prof.name, "sha256": prof.sha256, "source": prof.source},

@@ -37,29 +37,39 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=10, metavar="W", help="warm-up runs per model and batch (default: 10)")
     p.add_argument("--runs", type=int, default=100, metavar="R", help="timed runs per model and batch (default: 100)")
     p.add_argument("--allow-fallback", action="store_true", help="measure even if a requested provider is not active (rows marked FALLBACK)")
-    p.add_argument("--data", metavar="NPZ", help="real inputs keyed by input name (default: seeded random data)")
+    p.add_argument("--data", metavar="PATH", help="real inputs: .npz keyed by input name, .npy (single-input models) or a "
+                   "directory of them (default: seeded random data)")
     p.add_argument("-o", "--output", metavar="RESULT.json", help="also write the result JSON here (for onnxq report)")
     add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from ..bench import bench
-    from ..errors import InputError
     from ..report import bench_table, host_summary
     from ..results import dumps, write_results
 
+    if args.output:
+        from .._fs import check_output, external_files
+
+        check_output(args.output, inputs=[*args.models, args.data, *(f for m in args.models for f in external_files(m))])
+    if args.runs < 1 or args.warmup < 0:
+        from ..errors import InputError
+
+        raise InputError(f"--runs must be at least 1 and --warmup at least 0, got --runs {args.runs} --warmup {args.warmup}")
     data = None
     if args.data:
-        try:
-            with np.load(args.data, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError) as e:
-            raise InputError(f"cannot read --data {args.data}: {e}; pass a .npz keyed by input name") from e
-        if any(len(np.shape(v)) == 0 or len(v) == 0 for v in data.values()):
-            raise InputError(f"--data {args.data} holds an empty or scalar array; every input needs samples on axis 0")
+        # the calibration reader: headers checked against the first model (shape, dtype, size, zip bombs), then only
+        # the rows the largest batch uses read (tiled when fewer), values checked (NaN, float64 beyond float32)
+        from ..calibration import CalibrationSet, model_inputs
+        from ..cli import note
+        from ..modelio import load_model
+
+        specs = model_inputs(load_model(args.models[0], load_external=False))
+        samples = CalibrationSet.from_source(args.data, specs, limit=max(args.batch), role="bench", allow_extra=True)
+        data = samples.to_arrays()
+        for n in samples.notes:
+            note(f"onnxq: note: --data {n}")
     res = bench(
         args.models, args.profile, batches=args.batch, threads=args.threads, warmup=args.warmup, runs=args.runs,
         allow_fallback=args.allow_fallback, data=data, progress=not (args.quiet or args.json),

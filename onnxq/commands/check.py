@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("model", help="quantized .onnx model")
     p.add_argument("--profile", default="auto", help="profile name, .toml path, or auto (default)")
     p.add_argument("--weight-type", choices=WEIGHT_TYPES,
-                   help="expected weight type (default: the model's onnxq manifest if present, else the profile's)")
+                   help="expected weight type (default: the one onnxq recorded in the model's metadata, else the profile's)")
     add_common(p)
     p.set_defaults(func=run)
 

@@ -35,6 +35,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cli import note
     from ..bench import host_info, session_inputs
     from ..errors import InputError
     from ..evaldata import eval_metrics, headline, load_eval_data, run_model
@@ -45,9 +46,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.output:
+        from .._fs import check_output, external_files
+
+        models = [m for m in (args.model, args.ref) if m]
+        check_output(args.output, inputs=[*models, args.data, *(f for m in models for f in external_files(m))])
     prof, why = resolve_profile(args.profile)
     if not args.quiet and not args.json:
-        print(f"onnxq: {why}", file=sys.stderr)
+        note(f"onnxq: {why}")
     sess, info = make_session(args.model, prof, allow_fallback=args.allow_fallback)
     specs = session_inputs(sess)
     data = load_eval_data(args.data, specs, labels_key=args.labels)

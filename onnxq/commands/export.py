@@ -66,12 +66,25 @@ def is_tf_source(text: str) -> bool:
     return p.suffix.lower() in (".keras", ".h5", ".hdf5") or p.is_dir()
 
 
+def _guard(args: argparse.Namespace) -> None:
+    """-o (and its manifest) may not be the source file, the factory's file or the checkpoint."""
+    from .._fs import check_output
+    from ..manifest import manifest_path
+
+    src = args.factory.rsplit(":", 1)[0] if ":" in args.factory and not is_tf_source(args.factory) else args.factory
+    inputs = [src, args.checkpoint]
+    check_output(args.output, inputs=inputs)
+    check_output(manifest_path(args.output), inputs=inputs, what="manifest")
+
+
 def run(args: argparse.Namespace) -> int:
     import importlib.util
 
+    from ..cli import note
     from ..errors import InputError
     from ..results import dumps
 
+    _guard(args)
     if args.framework == "tf" or (args.framework == "auto" and is_tf_source(args.factory)):
         return run_tf(args)
     if not args.input_shapes:
@@ -90,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = random_inputs(args.input_shapes, args.seed)
     prof, why = resolve_profile(args.profile)
     if not args.quiet and not args.json:
-        print(f"onnxq: {why}", file=sys.stderr)
+        note(f"onnxq: {why}")
     res = export(
         model, inputs, out, profile=prof, opset=args.opset, dynamic_batch=not args.static_batch,
         input_names=args.input_names, output_names=args.output_names, atol=args.atol, rtol=args.rtol,
@@ -103,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_tf(args: argparse.Namespace) -> int:
+    from ..cli import note
     from ..errors import InputError
     from ..results import dumps
     from ..runtime import resolve_profile
@@ -120,7 +134,7 @@ def run_tf(args: argparse.Namespace) -> int:
         source = obj() if callable(obj) and not hasattr(obj, "predict") else obj
     prof, why = resolve_profile(args.profile)
     if not args.quiet and not args.json:
-        print(f"onnxq: {why}", file=sys.stderr)
+        note(f"onnxq: {why}")
     res = export_keras(
         source, Path(args.output), input_shape=shape, profile=prof, opset=args.opset, dynamic_batch=not args.static_batch,
         input_names=args.input_names, output_names=args.output_names, atol=args.atol, rtol=args.rtol, seed=args.seed,

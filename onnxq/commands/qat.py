@@ -36,12 +36,15 @@ def register(sub) -> None:
     p.add_argument("--freeze-after", type=int, metavar="STEPS", help="freeze activation ranges after this many steps (default: half the steps)")
     p.add_argument("--ranges", choices=["ema", "learnable"], default="ema", help="how activation ranges follow training (default ema)")
     p.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
+    p.add_argument("--allow-fallback", action="store_true",
+                   help="train and measure for a profile whose providers this host lacks, on what is available (marked FALLBACK)")
     p.add_argument("-o", "--output", required=True, help="the QAT QDQ model to write (.onnx)")
     add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cli import note
     from ..errors import InputError
 
     if importlib.util.find_spec("torch") is None:
@@ -51,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
 
     prof, why = resolve_profile(args.profile)
     if not args.quiet:
-        print(f"onnxq: {why}", file=sys.stderr)
+        note(f"onnxq: {why}")
     res = run_task(
         args.task, prof, args.output, calibration=args.calib, epochs=args.epochs, lr=args.lr,
         weight_type=args.weight_type, per_channel=args.per_channel, freeze_after=args.freeze_after,
-        ranges=args.ranges, seed=args.seed, progress=not args.quiet and not args.json,
+        ranges=args.ranges, seed=args.seed, progress=not args.quiet and not args.json, allow_fallback=args.allow_fallback,
     )
     if args.json:
         print(json.dumps(res, default=str, indent=2))

@@ -45,7 +45,9 @@ def register(sub) -> None:
                    help="keep the most sensitive nodes in float until METRIC reaches VALUE on the held-out samples ("
                    + ", ".join(TARGET_METRICS) + "; e.g. cosine=0.995); exit 1, best model written, when it cannot")
     p.add_argument("--output-name", metavar="NAME", help="model output --target scores (default: the first)")
-    p.add_argument("-o", "--output", help="output path (default: beside the input; never the input itself)")
+    p.add_argument("--allow-fallback", action="store_true",
+                   help="quantize for a profile whose providers this host lacks, validating on what is available (marked FALLBACK)")
+    p.add_argument("-o", "--output", help="output path (default: beside the input; never an input of the run)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -77,17 +79,20 @@ def algorithm_kwargs(args) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cli import note
     from ..errors import InputError
     from ..ptq import quantize
     from ..runtime import resolve_profile
     from ..report import quant_summary_table
     from ..results import dumps
 
+    if args.calib_random is not None and args.calib_random < 1:
+        raise InputError(f"--calib-random takes a positive number of random samples (e.g. 64), got {args.calib_random}")
     if args.calib and args.calib_random:
         raise InputError("give either --calib or --calib-random, not both")
     prof, why = resolve_profile(args.profile)
     if not args.quiet:
-        print(f"onnxq: {why}", file=sys.stderr)
+        note(f"onnxq: {why}")
     res = quantize(
         args.model,
         mode=args.mode,
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         weight_type=args.weight_type,
         target=args.target,
         output_name=args.output_name,
+        allow_fallback=args.allow_fallback,
         progress=not args.quiet and not args.json,
         **algorithm_kwargs(args),
         **({"percentile": args.percentile} if args.percentile is not None else {}),

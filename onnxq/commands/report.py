@@ -6,6 +6,7 @@ Imports neither onnxruntime, onnx, numpy nor torch: it only reads result files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -32,6 +33,20 @@ def register(sub) -> None:
     p.add_argument("--budget", type=float, metavar="B", help="re-derive every compare verdict with this budget (see onnxq compare --budget)")
     add_common(p)
     p.set_defaults(func=run)
+
+
+@contextlib.contextmanager
+def _malformed(origin: str, doc: dict):
+    """A result file whose keys are there but whose values have the wrong shape or type: one line naming it."""
+    from ..errors import InputError, OnnxqError
+
+    try:
+        yield
+    except OnnxqError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as e:
+        raise InputError(f"{origin}: malformed {doc.get('kind')} result ({type(e).__name__}: {str(e)[:120]}); the file is "
+                         "truncated or hand-edited: re-run the measurement that wrote it") from e
 
 
 def _plot_series(sources):
@@ -62,14 +77,23 @@ def run(args: argparse.Namespace) -> int:
     from ..report import cross_markdown, write_pareto_plot
     from ..results import atomic_write, dumps, flatten_sources, load_results, new_document
 
+    if args.output:
+        from .._fs import check_output
+
+        out = Path(args.output)
+        check_output(out, inputs=args.results)
+        check_output(out.with_name((out.name[:-3] if out.name.endswith(".md") else out.name) + ".pareto.png"),
+                     inputs=args.results, what="plot")
     loaded = [(str(p), load_results(p)) for p in args.results]  # every file checked before any output
     sources = flatten_sources(loaded)
-    if args.metric or args.budget is not None:
-        from ..report import rederive_verdicts
+    for origin, doc in sources:
+        with _malformed(origin, doc):
+            if doc["kind"] == "compare" and (args.metric or args.budget is not None):
+                from ..report import rederive_verdicts
 
-        for _, doc in sources:
-            if doc["kind"] == "compare":
                 rederive_verdicts(doc, metric=args.metric, budget=args.budget)
+            cross_markdown([(origin, doc)])  # each file rendered alone first: a hand-edited one is named
+            _plot_series([(origin, doc)])
     plot = plot_note = None
     if args.output and not args.no_plot:
         series = _plot_series(sources)

@@ -32,12 +32,14 @@ def register(sub) -> None:
     pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=None, help="per-channel weight scales")
     pc.add_argument("--no-per-channel", dest="per_channel", action="store_false", help="per-tensor weight scales")
     p.add_argument("--top", type=int, default=20, metavar="K", help="rows to print (default 20; --json has all)")
+    p.add_argument("--allow-fallback", action="store_true", help="measure on the available providers when the profile's are missing (marked FALLBACK)")
     add_algorithm_flags(p, BIAS_CORRECTION)
     add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cli import note
     from tabulate import tabulate
 
     from ..ptq import sensitivity
@@ -47,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
     prof, why = resolve_profile(args.profile)
     if not args.quiet and not args.json:
-        print(f"onnxq: {why}", file=sys.stderr)
+        note(f"onnxq: {why}")
     res = sensitivity(args.model, calibration=args.calib, metric=args.metric, profile=prof, output_name=args.output_name,
                       method=args.method, calibration_samples=args.calib_samples, per_channel=args.per_channel, progress=not args.quiet and not args.json,
-                      **algorithm_kwargs(args))
+                      allow_fallback=args.allow_fallback, **algorithm_kwargs(args))
     if args.json:
         sys.stdout.write(dumps(res))
         return 0

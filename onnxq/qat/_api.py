@@ -29,12 +29,11 @@ import numpy as np
 import onnx
 
 from .. import __version__
-from .._fs import atomic_path
 from ..calibration import CalibrationSet
 from ..errors import CheckFailed, InputError, first_line
 from ..evaluate import fidelity
-from ..manifest import manifest_path, new_manifest, write_manifest
-from ..modelio import graph_facts
+from ..manifest import manifest_path, new_manifest
+from ..modelio import graph_facts, model_unit, write_model
 from ..plan import HOLDOUT, Overrides, Recipe, resolve
 from ..profiles import Profile
 from ..ptq import calibrate, ensure_node_names, float_nodes_for, preprocess, quantizer_caps, write_qdq
@@ -364,7 +363,7 @@ def prepare(
         warnings=_dedupe(warns),
         calibration={"source": calib.origin, "samples": report.samples, "method": recipe.calibration.method, "preprocess": pre_label,
                      "held_out": holdout.count if holdout is not calib else 0},
-        holdout={k: v[:64] for k, v in holdout.arrays.items()},
+        holdout=holdout.to_arrays(64),
         options={"ranges": ranges, "freeze_after": freeze_after, "averaging": averaging},
     )
     gm.onnxq_qat = state
@@ -514,8 +513,9 @@ def export(
                 ranges[t] = (lo, hi)
             learned[group[0]] = {"lo": lo, "hi": hi, "scale": s, "zero_point": z, "shared_with": group[1:],
                                  "steps": int(owner.steps), "frozen": owner.frozen}
-        with contextlib.ExitStack() as stack:
-            tmp_out = stack.enter_context(atomic_path(out))
+        with contextlib.ExitStack() as stack:  # the QAT model + manifest, and the FP32 graph: committed on leaving
+            unit = stack.enter_context(model_unit(out))
+            tmp_out = unit.model
             write_qdq(P, ranges, recipe, tmp_out, tmp)
             from ._onnx import read_layout
 
@@ -537,30 +537,33 @@ def export(
             feeds = state.holdout
             if validation is not None:
                 vset = CalibrationSet.from_source(_calibration_source(validation, state.input_names), P)
-                feeds = vset.arrays
+                feeds = vset.to_arrays()
             fid = _torch_vs_ort(model, str(tmp_out), state, torch, feeds)
             ints, floats = _fusion(tmp_out, tmp, state.profile)
+            fp32_written = None
             if fp32_out is not None:
-                tmp_fp32 = stack.enter_context(atomic_path(fp32_out))
-                onnx.save_model(P, str(tmp_fp32))
-            size = tmp_out.stat().st_size
-        # both files are in place now (renamed on leaving the ExitStack)
-    warns = list(state.warnings)
-    if recipe.weight_type == "int4":
-        warns.append("int4 weights buy size, not CPU speed: onnxruntime runs them as DequantizeLinear -> float Conv/Gemm")
-    res = QATExportResult(
-        output=out, manifest=manifest_path(out) if manifest else None, fp32_output=fp32_out, profile=state.profile.name,
-        recipe=recipe.to_dict(), quantized_tensors=len(layout.tensors), shared_groups=sum(1 for g in layout.groups if len(g) > 1),
-        weights=state.weights, float_layers=state.float_layers, exclude_nodes=list(recipe.excluded_nodes),
-        ops_after=dict(Counter(n.op_type for n in qmodel.graph.node)), fused={"integer": ints, "float_after_dq": floats},
-        fidelity_vs_torch=fid, ranges=learned, size=size, wall_s=time.perf_counter() - t0, warnings=warns,
-    )
-    if manifest:
-        write_manifest(_manifest(res, state, torch), res.manifest)
+                fp32_unit = stack.enter_context(model_unit(fp32_out))  # entered last: renamed first
+                fp32_written = write_model(P, fp32_unit.model)
+            data = unit.seal()
+            warns = list(state.warnings)
+            if recipe.weight_type == "int4":
+                warns.append("int4 weights buy size, not CPU speed: onnxruntime runs them as DequantizeLinear -> float Conv/Gemm")
+            res = QATExportResult(
+                output=out, manifest=manifest_path(out) if manifest else None, fp32_output=fp32_out, profile=state.profile.name,
+                recipe=recipe.to_dict(), quantized_tensors=len(layout.tensors),
+                shared_groups=sum(1 for g in layout.groups if len(g) > 1), weights=state.weights,
+                float_layers=state.float_layers, exclude_nodes=list(recipe.excluded_nodes),
+                ops_after=dict(Counter(n.op_type for n in qmodel.graph.node)), fused={"integer": ints, "float_after_dq": floats},
+                fidelity_vs_torch=fid, ranges=learned, size=tmp_out.stat().st_size, wall_s=time.perf_counter() - t0,
+                warnings=warns,
+            )
+            if manifest:
+                unit.write_manifest(_manifest(res, state, torch, unit.model, data, fp32_written))
+        # the files are in place now (renamed on leaving the ExitStack)
     return res
 
 
-def _manifest(res: QATExportResult, state: QATState, torch) -> dict[str, Any]:
+def _manifest(res: QATExportResult, state: QATState, torch, written: Path, data: list, fp32_written: Path | None) -> dict[str, Any]:
     from .._fs import file_sha256
     from ..runtime import ort_info
 
@@ -568,10 +571,10 @@ def _manifest(res: QATExportResult, state: QATState, torch) -> dict[str, Any]:
     body = res.to_dict()
     recipe = body.pop("recipe")
     return new_manifest(
-        "qat", res.output,
+        "qat", res.output, written=written, data=data,
         versions={"onnxq": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                   "onnxruntime": ort_info()["version"], "numpy": np.__version__},
-        fp32={"path": str(res.fp32_output), "sha256": file_sha256(res.fp32_output)} if res.fp32_output else None,
+        fp32={"path": str(res.fp32_output), "sha256": file_sha256(fp32_written)} if res.fp32_output else None,
         profile={"name": prof.name, "sha256": prof.sha256, "source": prof.source},
         recipe=recipe,
         qat={"calibration": state.calibration, "options": state.options, "folded_batchnorm": state.folded,

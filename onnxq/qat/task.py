@@ -31,7 +31,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from .._fs import check_output, staged_folder
 from ..errors import InputError
+from ..manifest import manifest_path
 from ..evaluate import accuracy as top1_accuracy
 from ..evaluate import fidelity
 
@@ -200,6 +202,10 @@ def _step(net, opt, loss_fn, xs, y, torch, step: int) -> float:
     if not math.isfinite(value):
         from ._fakequant import NonFiniteError
 
+        bad = [i for i, x in enumerate(xs) if x.is_floating_point() and not bool(torch.isfinite(x).all())]
+        if bad:
+            raise NonFiniteError(f"training batch {step} holds NaN/inf in input {bad[0]}: clean the task's train_data; "
+                                 "nothing was exported")
         raise NonFiniteError(f"the training loss is {value} at step {step}: training diverged; lower the learning rate "
                              "(--lr) or check the data; nothing was exported")
     loss.backward()
@@ -271,6 +277,26 @@ def step_times(fp32, net, task: QATTask, lr: float, torch, n_inputs: int = 1, st
     return {k: (float(np.median(v)) if v else None) for k, v in times.items()}
 
 
+def _task_file(task_spec: Any) -> Path | None:
+    """The file a ``path/to/file.py:object`` task spec names (an input the outputs may not overwrite)."""
+    if isinstance(task_spec, str) and ":" in task_spec:
+        head = task_spec.rsplit(":", 1)[0]
+        if head.endswith(".py"):
+            return Path(head)
+    return None
+
+
+def _unstaged(value: Any, stage: Path, final: Path) -> Any:
+    """``value`` with every path string under the staging folder pointing at the final folder."""
+    if isinstance(value, str):
+        return value.replace(str(stage), str(final))
+    if isinstance(value, dict):
+        return {k: _unstaged(v, stage, final) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unstaged(v, stage, final) for v in value]
+    return value
+
+
 def run_task(
     task_spec: str | QATTask,
     profile: Any = "auto",
@@ -288,6 +314,7 @@ def run_task(
     measure_step_time: bool = True,
     keep_model: bool = False,
     control: bool = True,
+    allow_fallback: bool = False,
 ) -> dict[str, Any]:
     """Run FP32 export, PTQ static and QAT for a task; return paths and accuracies side by side.
 
@@ -307,7 +334,7 @@ def run_task(
     from ..torch_export import require_torch
     from ..plan import HOLDOUT
     from ..ptq import quantize as ptq_quantize
-    from ..runtime import resolve_profile
+    from ..runtime import require_providers, resolve_profile
     from ._api import export as qat_export
     from ._api import prepare
 
@@ -315,6 +342,7 @@ def run_task(
     t0 = time.perf_counter()
     task = load_task(task_spec)
     prof, _why = resolve_profile(profile)
+    missing = require_providers(prof, allow_fallback, "measures the FP32, PTQ and QAT models' accuracy on them")
     out = Path(out_path)
     if out.suffix != ".onnx":
         raise InputError(f"output {out} should end in .onnx")
@@ -346,80 +374,98 @@ def run_task(
     calib = _gather_calibration(task, calibration, names, prof.quant.calibration_samples + HOLDOUT, torch)
     xs_eval, y_eval = _eval_arrays(task, torch, len(names))
 
-    # the task's options, overridden by explicit arguments; PTQ gets the same weight scheme as QAT
-    opts = dict(task.options)
-    opts.update({k: v for k, v in {"weight_type": weight_type, "per_channel": per_channel}.items() if v is not None})
-    # FP32 and PTQ static of the trained-from network
-    export_fp32(fp32, ex, fp32_path, profile=prof, input_names=names, output_names=out_names)
-    ptq_res = ptq_quantize(fp32_path, mode="static", profile=prof, calibration=calib, output=ptq_path,
-                           weight_type=opts.get("weight_type"), per_channel=opts.get("per_channel"), progress=progress)
-    # QAT
-    train_data = _call(task.train_data, "train_data")
-    steps_per_epoch = len(train_data) if hasattr(train_data, "__len__") else None
-    if freeze_after is None:
-        freeze_after = opts.pop("freeze_after", None)
+    # every file of the run is written in a staging folder beside OUT and moves into place only when all
+    # succeeded: a failure (NaN in the data, a diverging run, Ctrl-C) leaves nothing behind
+    control_final = out.with_name(f"{stem}.fp32-control.onnx")
+    user_inputs = [calibration if isinstance(calibration, (str, os.PathLike)) else None, _task_file(task_spec)]
+    for p in (out, fp32_path, ptq_path, control_final):
+        check_output(p, inputs=user_inputs)
+        check_output(manifest_path(p), inputs=user_inputs, what="manifest")
+    final_dir = out.parent
+    with staged_folder(final_dir) as stage:
+        out, fp32_path, ptq_path = (stage / p.name for p in (out, fp32_path, ptq_path))
+        # the task's options, overridden by explicit arguments; PTQ gets the same weight scheme as QAT
+        opts = dict(task.options)
+        opts.update({k: v for k, v in {"weight_type": weight_type, "per_channel": per_channel}.items() if v is not None})
+        # FP32 and PTQ static of the trained-from network
+        export_fp32(fp32, ex, fp32_path, profile=prof, input_names=names, output_names=out_names)
+        ptq_res = ptq_quantize(fp32_path, mode="static", profile=prof, calibration=calib, output=ptq_path,
+                               weight_type=opts.get("weight_type"), per_channel=opts.get("per_channel"), progress=progress,
+                               allow_fallback=allow_fallback)
+        # QAT
+        train_data = _call(task.train_data, "train_data")
+        steps_per_epoch = len(train_data) if hasattr(train_data, "__len__") else None
         if freeze_after is None:
-            freeze_after = max(1, (steps_per_epoch or 500) * max(1, epochs) // 2)
-    opts.pop("freeze_after", None)
-    net = prepare(fp32, profile=prof, example_inputs=ex, calibration=calib, input_names=names, output_names=out_names,
-                  freeze_after=freeze_after, ranges=ranges, progress=progress, **opts)
-    initial = net.onnxq_qat.initial_fidelity
-    times: dict[str, float | None] = {}
-    if measure_step_time:
-        times = step_times(fp32, net, task, lr, torch, len(names))
-    torch.manual_seed(seed + 1)  # the data order QAT and its FP32 control both see
-    train_info = train_qat(net, task, epochs, lr, torch, progress=progress, n_inputs=len(names))
-    qres = qat_export(net, ex, out)
-    control_path = None
-    if control:
-        control_path = out.with_name(f"{stem}.fp32-control.onnx")
-        twin = copy.deepcopy(fp32)
-        torch.manual_seed(seed + 1)
-        control_info = train_qat(twin, task, epochs, lr, torch, progress=progress, n_inputs=len(names))
-        export_fp32(twin, ex, control_path, profile=prof, input_names=names, output_names=out_names)
+            freeze_after = opts.pop("freeze_after", None)
+            if freeze_after is None:
+                freeze_after = max(1, (steps_per_epoch or 500) * max(1, epochs) // 2)
+        opts.pop("freeze_after", None)
+        net = prepare(fp32, profile=prof, example_inputs=ex, calibration=calib, input_names=names, output_names=out_names,
+                      freeze_after=freeze_after, ranges=ranges, progress=progress, **opts)
+        initial = net.onnxq_qat.initial_fidelity
+        times: dict[str, float | None] = {}
+        if measure_step_time:
+            times = step_times(fp32, net, task, lr, torch, len(names))
+        torch.manual_seed(seed + 1)  # the data order QAT and its FP32 control both see
+        train_info = train_qat(net, task, epochs, lr, torch, progress=progress, n_inputs=len(names))
+        qres = qat_export(net, ex, out)
+        control_path = None
+        if control:
+            control_path = stage / control_final.name
+            twin = copy.deepcopy(fp32)
+            torch.manual_seed(seed + 1)
+            control_info = train_qat(twin, task, epochs, lr, torch, progress=progress, n_inputs=len(names))
+            export_fp32(twin, ex, control_path, profile=prof, input_names=names, output_names=out_names)
 
-    # accuracy side by side on the eval data
-    logits = {
-        "fp32": _onnx_logits(fp32_path, prof, names, xs_eval),
-        "ptq_static": _onnx_logits(ptq_path, prof, names, xs_eval),
-        "qat": _onnx_logits(out, prof, names, xs_eval),
-        "qat_torch": _torch_logits(net, xs_eval, torch),
-    }
-    if control_path is not None:
-        logits["fp32_control"] = _onnx_logits(control_path, prof, names, xs_eval)
-    acc = {k: _metric(task, v, y_eval) for k, v in logits.items()}
-    agree = fidelity(logits["qat_torch"], logits["qat"])
-    ratio = (times["qat"] / times["fp32"]) if times.get("qat") and times.get("fp32") else None
-    res = {
-        "task": task.name,
-        "profile": prof.name,
-        "model_path": str(out),
-        "manifest": str(qres.manifest) if qres.manifest else None,
-        "fp32_model_path": str(fp32_path),
-        "ptq_model_path": str(ptq_path),
-        "fp32_control_model_path": str(control_path) if control_path else None,
-        "fp32_control_train": control_info if control_path else None,
-        "metric": task.metric_name,
-        "accuracy": acc,
-        "eval_samples": int(len(y_eval)),
-        "agreement_torch_vs_onnx": agree.get("top1_agreement"),
-        "fidelity_torch_vs_onnx": agree,
-        "initial_fidelity_torch_vs_onnx": initial,
-        "epochs": epochs,
-        "lr": lr,
-        "freeze_after": freeze_after,
-        "weight_type": qres.recipe["weight_type"],
-        "per_channel": qres.recipe["per_channel"],
-        "train": train_info,
-        "step_time_s": times,
-        "step_time_ratio": ratio,
-        "fused": qres.fused,
-        "quantized_tensors": qres.quantized_tensors,
-        "sizes": {"fp32": fp32_path.stat().st_size, "ptq_static": ptq_res.size_after, "qat": qres.size},
-        "ptq_warnings": ptq_res.warnings,
-        "warnings": qres.warnings,
-        "wall_s": time.perf_counter() - t0,
-    }
+        # accuracy side by side on the eval data
+        logits = {
+            "fp32": _onnx_logits(fp32_path, prof, names, xs_eval),
+            "ptq_static": _onnx_logits(ptq_path, prof, names, xs_eval),
+            "qat": _onnx_logits(out, prof, names, xs_eval),
+            "qat_torch": _torch_logits(net, xs_eval, torch),
+        }
+        if control_path is not None:
+            logits["fp32_control"] = _onnx_logits(control_path, prof, names, xs_eval)
+        acc = {k: _metric(task, v, y_eval) for k, v in logits.items()}
+        agree = fidelity(logits["qat_torch"], logits["qat"])
+        ratio = (times["qat"] / times["fp32"]) if times.get("qat") and times.get("fp32") else None
+        res = {
+            "task": task.name,
+            "profile": prof.name,
+            "model_path": str(out),
+            "manifest": str(qres.manifest) if qres.manifest else None,
+            "fp32_model_path": str(fp32_path),
+            "ptq_model_path": str(ptq_path),
+            "fp32_control_model_path": str(control_path) if control_path else None,
+            "fp32_control_train": control_info if control_path else None,
+            "metric": task.metric_name,
+            "accuracy": acc,
+            "eval_samples": int(len(y_eval)),
+            "agreement_torch_vs_onnx": agree.get("top1_agreement"),
+            "fidelity_torch_vs_onnx": agree,
+            "initial_fidelity_torch_vs_onnx": initial,
+            "epochs": epochs,
+            "lr": lr,
+            "freeze_after": freeze_after,
+            "weight_type": qres.recipe["weight_type"],
+            "per_channel": qres.recipe["per_channel"],
+            "train": train_info,
+            "step_time_s": times,
+            "step_time_ratio": ratio,
+            "fused": qres.fused,
+            "quantized_tensors": qres.quantized_tensors,
+            "sizes": {"fp32": fp32_path.stat().st_size, "ptq_static": ptq_res.size_after, "qat": qres.size},
+            "ptq_warnings": ptq_res.warnings,
+            "warnings": qres.warnings,
+            "wall_s": time.perf_counter() - t0,
+        }
+    res = _unstaged(res, stage, final_dir)
+    if missing:  # --allow-fallback: every accuracy above ran on the available providers, and says so
+        res["providers"] = {"requested": list(prof.runtime.providers), "missing": missing, "fallback": True}
+        res["warnings"] = [f"FALLBACK: {', '.join(missing)} missing; every accuracy was measured on the available providers "
+                           "(CPUExecutionProvider)"] + list(res["warnings"])
+    else:
+        res["providers"] = {"requested": list(prof.runtime.providers), "missing": [], "fallback": False}
     if keep_model:
         res["qat_module"] = net
         res["fp32_module"] = fp32

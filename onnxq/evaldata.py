@@ -20,13 +20,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .calibration import InputSpec, check_input_array
+from .calibration import InputSpec, check_input_layout, human_bytes, check_input_array, open_npz
 from .errors import InputError
 from .evaluate import accuracy, fidelity, is_classifier_output
 
 __all__ = ["EvalData", "load_eval_data", "run_model", "eval_metrics", "check_labels", "DEFAULT_LABELS"]
 
 DEFAULT_LABELS = "labels"
+EVAL_MAX_BYTES = 4 << 30  # evaluation data is held in memory (batching, labels): larger sets are refused, not swapped
 
 
 def _fmt(shape: Sequence[Any]) -> str:
@@ -74,42 +75,49 @@ def load_eval_data(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"evaluation data {path} does not exist; pass a .npz keyed by input name (+ labels)")
-    if path.suffix != ".npz":
+    if path.suffix.lower() != ".npz":
         raise InputError(f"evaluation data {path} must be a .npz holding one array per model input (+ labels)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"cannot read evaluation data {path}: {e}") from e
     names = [s.name for s in specs]
+    members = open_npz(path, keys=names + [labels_key or DEFAULT_LABELS], role="evaluation")  # headers only
     explicit = labels_key is not None
-    key = labels_key if explicit else (DEFAULT_LABELS if DEFAULT_LABELS in arrays and DEFAULT_LABELS not in names else None)
-    missing = [n for n in names if n not in arrays]
-    if explicit and labels_key not in arrays:
+    key = labels_key if explicit else (DEFAULT_LABELS if DEFAULT_LABELS in members and DEFAULT_LABELS not in names else None)
+    missing = [n for n in names if n not in members]
+    if explicit and labels_key not in members:
         missing.append(f"{labels_key} (labels)")
-    extra = [k for k in arrays if k not in names and k != key]
+    extra = [k for k in members if k not in names and k != key]
     if missing or (extra and not allow_extra):
         raise InputError(
-            f"evaluation data {path} has keys {sorted(arrays)} but the model needs inputs {names}"
+            f"evaluation data {path} has keys {sorted(members)} but the model needs inputs {names}"
             + (f" and labels under {labels_key!r}" if explicit else "")
             + f": missing {missing or 'none'}, unexpected {extra or 'none'}"
             + ("; name the labels key with --labels KEY" if extra and key is None else "")
         )
+    # shapes and dtypes from the headers, before anything is read
     notes: list[str] = []
-    inputs: dict[str, np.ndarray] = {}
     rows = None
     for s in specs:
-        arr = check_input_array(arrays[s.name], s, str(path), notes, role="evaluation", single_sample_ok=False)
+        m = members[s.name]
+        check_input_layout(m.shape, m.dtype, s, str(path), notes, role="evaluation", single_sample_ok=False)
         if rows is None:
-            rows = len(arr)
-        elif len(arr) != rows:
-            raise InputError(f"evaluation data {path}: inputs hold different sample counts ({rows} vs {len(arr)} for {s.name!r})")
-        inputs[s.name] = arr
+            rows = m.rows
+        elif m.rows != rows:
+            raise InputError(f"evaluation data {path}: inputs hold different sample counts ({rows} vs {m.rows} for {s.name!r})")
     if not rows:
         raise InputError(f"evaluation data {path} holds no samples; provide at least one")
+    needed = [members[n] for n in names] + ([members[key]] if key is not None else [])
+    total = sum(m.h.nbytes for m in needed)
+    if total > EVAL_MAX_BYTES:
+        raise InputError(
+            f"evaluation data {path} needs {human_bytes(total)} in memory ({rows} samples), over the {human_bytes(EVAL_MAX_BYTES)} onnxq "
+            "evaluates at once; evaluate a subset of the samples"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for s in specs:
+        inputs[s.name] = check_input_array(members[s.name].read_all(), s, str(path), notes, role="evaluation",
+                                           single_sample_ok=False)
     labels = None
     if key is not None:
-        labels = _check_labels_array(arrays[key], key, rows, path, notes)
+        labels = _check_labels_array(members[key].read_all(), key, rows, path, notes)
     return EvalData(inputs, labels, key, str(path), sorted(set(notes)))
 
 

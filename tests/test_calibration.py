@@ -48,10 +48,10 @@ def test_calibration_sources_npz_npy_directory_and_iterable(tmp_path):
     assert CalibrationSet.from_source(tmp_path / "b.npy", model).count == 6
     single = [{"input": x} for x in data]  # samples without batch axis
     s = CalibrationSet.from_source(iter(single), model)
-    assert s.count == 10 and s.arrays["input"].shape == (10, 1, 8, 8)
+    assert s.count == 10 and s.to_arrays()["input"].shape == (10, 1, 8, 8)
     assert CalibrationSet.from_source(single, model, limit=3).count == 3
     f64 = CalibrationSet.from_source({"input": data.astype(np.float64)}, model)
-    assert f64.arrays["input"].dtype == np.float32 and any("cast float64" in n for n in f64.notes)
+    assert f64.to_arrays()["input"].dtype == np.float32 and any("cast float64" in n for n in f64.notes)
 
 
 def test_npy_for_multi_input_model_is_refused(tmp_path):

@@ -52,12 +52,16 @@ def load_eval() -> tuple[Any, Any]:
 
     from ..errors import InputError
 
-    with asset(EVAL) as path, np.load(path, allow_pickle=False) as z:
+    from ..calibration import open_npz
+
+    with asset(EVAL) as path:
+        arrays = open_npz(path, role="demo asset")  # headers checked (size, zip bombs, no objects) before reading
         try:
-            images, labels = z["images"], z["labels"].astype(np.int64)
-            mean, std = float(z["mean"]), float(z["std"])
+            z = {k: arrays[k].read_all() for k in ("images", "labels", "mean", "std")}
         except KeyError as e:
             raise InputError(f"demo asset {EVAL} lacks key {e}; regenerate it with python scripts/make_demo.py") from e
+        images, labels = z["images"], z["labels"].astype(np.int64)
+        mean, std = float(z["mean"]), float(z["std"])
     if images.dtype == np.uint8:
         images = ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
     if images.ndim == 3:
@@ -122,6 +126,7 @@ def demo(outdir: str | Path = DEFAULT_OUT, *, profile: Any = "auto", mode: str =
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cli import note
     from tabulate import tabulate
 
     from ..runtime import resolve_profile
@@ -129,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
     prof, why = resolve_profile(args.profile)
     if not args.quiet and not args.json:
-        print(f"onnxq: {why}", file=sys.stderr)
+        note(f"onnxq: {why}")
     r = demo(args.output, profile=prof, mode=args.mode, progress=not args.quiet and not args.json)
     if args.json:
         print(json.dumps(r, default=str, indent=2))

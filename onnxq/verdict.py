@@ -149,7 +149,7 @@ def _signed(x: float, digits: int = 1) -> str:
 
 
 # Defaults for the verdict's budget, by metric (see benchmarks/results/budgets.md for how KL and cosine were chosen).
-DEFAULT_BUDGETS = {"top1": 0.5, "top5": 0.5, "agreement": 1.0, "kl": 0.05, "cosine": 0.99, "sqnr": 20.0}
+DEFAULT_BUDGETS = {"top1": 0.5, "top5": 0.5, "agreement": 1.0, "kl": 0.005, "cosine": 0.995, "sqnr": 20.0}
 POINT_METRICS = ("top1", "top5", "agreement")  # accuracies: the budget is points (x100) lost against FP32
 LOWER_IS_BETTER = ("kl",)
 LABELLED = ("top1", "top5")  # need labels; QAT can only train against these

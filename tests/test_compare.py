@@ -249,7 +249,7 @@ def test_qat_contract_with_a_fake_task(mlp_case, tmp_path, monkeypatch):
     calls = []
     d, model = mlp_case
 
-    def run_task(spec, profile, out_path, calibration=None, epochs=None):
+    def run_task(spec, profile, out_path, calibration=None, epochs=None, allow_fallback=False):
         calls.append((spec, profile.name, out_path, calibration, epochs))
         shutil.copy(model, out_path)  # stands in for a QDQ export: same accuracy as FP32
         return {"model_path": out_path, "fp32_model_path": str(model), "epochs": 2}
@@ -271,7 +271,7 @@ def test_weight_type_for_ptq_variants_and_report_lines(mlp_case, tmp_path, monke
 
     d, model = mlp_case
 
-    def run_task(spec, profile, out_path, calibration=None, epochs=None):
+    def run_task(spec, profile, out_path, calibration=None, epochs=None, allow_fallback=False):
         shutil.copy(model, out_path)
         return {"model_path": out_path, "fp32_model_path": str(model), "epochs": 1, "lr": 2e-4, "weight_type": "int4",
                 "per_channel": True, "step_time_ratio": 1.2, "wall_s": 12.0, "train": {"steps": 7, "loss_per_epoch": [0.1]},
@@ -464,10 +464,10 @@ def test_compare_without_labels_judges_by_kl_and_names_the_output(mlp_case, tmp_
     assert rc == 0
     doc = load_results(tmp_path / "o" / "report.json")
     assert doc["data"]["metric"] == "kl" and doc["data"]["output"] == "y"
-    assert doc["settings"]["budget"] == {"metric": "kl", "value": 0.05, "text": "KL <= 0.05"}
+    assert doc["settings"]["budget"] == {"metric": "kl", "value": 0.005, "text": "KL <= 0.005"}
     by = {v["name"]: v for v in doc["profiles"][0]["variants"]}
     assert by["fp32"]["quality"] == 0.0 and by["static-pc-minmax"]["quality"] > 0.0
-    assert "budget for the verdict: KL <= 0.05" in (tmp_path / "o" / "report.md").read_text()
+    assert "budget for the verdict: KL <= 0.005" in (tmp_path / "o" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("extra, match", [

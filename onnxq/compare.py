@@ -18,6 +18,10 @@ Output directory: ``OUTDIR/<profile>/<variant>.onnx`` (+ the manifest ptq writes
 atomically; data and profile problems are found before anything is written. A variant that fails
 is recorded with its stage and error, and the others carry on.
 
+Executors: ``serial`` (default) runs everything here; ``ray`` (:mod:`onnxq.ray_executor`, the only
+module that imports ray) runs the same ``_build`` / ``_evaluate`` per variant and ``_time`` per profile
+(one interleaved task) as Ray tasks placed by each profile's custom resource.
+
 Providers. Accuracy and fidelity are hardware-independent enough to measure anywhere, so they are
 measured on the profile's providers when present and otherwise on what this onnxruntime has,
 marked as fallback. Latency is only measured on the profile's own providers: a profile whose
@@ -181,7 +185,7 @@ def _qat(task: str, prof: Any, out_path: Path, calib: Any, epochs: int | None) -
         raise _VariantFailed("build", f"QAT variant failed: onnxq.qat is not available ({_err(e)})") from e
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        info = run_task(task, prof, str(out_path), calibration=calib, epochs=epochs)
+        info = run_task(task, prof, str(out_path), calibration=calib, epochs=epochs, allow_fallback=True)
     except Exception as e:  # any failure of the user's task is this variant's failure only
         raise _VariantFailed("build", f"QAT variant failed: {_err(e)}") from e
     if not isinstance(info, dict) or not info.get("model_path"):
@@ -216,7 +220,9 @@ def _check_args(batches, runs, warmup, threads, budget, metric, outdir: Path, ca
     return batches
 
 
-def _resolve_profiles(profiles: Sequence[Any], allow_fallback: bool, say) -> tuple[list[Any], dict[str, list[str]]]:
+def _resolve_profiles(profiles: Sequence[Any], allow_fallback: bool, say, here: bool = True) -> tuple[list[Any], dict[str, list[str]]]:
+    """The profiles and the providers each lacks on this machine; with ``here`` (the work runs on this machine),
+    none of them runnable is refused."""
     from .runtime import available_providers, required_providers, resolve_profile
 
     profs = []
@@ -227,7 +233,7 @@ def _resolve_profiles(profiles: Sequence[Any], allow_fallback: bool, say) -> tup
             say(why)
     avail = available_providers()
     missing = {p.name: [x for x in required_providers(p) if x not in avail] for p in profs}
-    if all(missing[p.name] for p in profs) and not allow_fallback:
+    if here and all(missing[p.name] for p in profs) and not allow_fallback:
         need = "; ".join(f"{n} needs {', '.join(m)}" for n, m in missing.items())
         raise ProviderError(
             f"no requested profile can run on this machine ({need}; available: {', '.join(avail)}): run compare where "
@@ -323,13 +329,20 @@ def _qat_info(prof: Any, run: _Run) -> dict[str, Any]:
     return run.qat_done[prof.name]
 
 
-def _build(v: Variant, prof: Any, run: _Run) -> VariantResult:
-    from .ptq import quantize
-
+def _record(v: Variant, run: _Run) -> VariantResult:
+    """The empty record of one variant: its name, label and (for PTQ with --weight-type) weight type."""
     rec = VariantResult(v.name, v.label, v.kind, mode=v.mode, method=v.method, per_channel=v.per_channel)
     wtype = run.weight_type if v.mode in ("static", "dynamic") else None
     if wtype:
         rec.label, rec.weight_type = f"{v.label}, {wtype} weights", wtype
+    return rec
+
+
+def _build(v: Variant, prof: Any, run: _Run) -> VariantResult:
+    from .ptq import quantize
+
+    rec = _record(v, run)
+    wtype = rec.weight_type
     try:
         if v.kind == "fp32":
             rec.path = str(run.model)
@@ -344,7 +357,7 @@ def _build(v: Variant, prof: Any, run: _Run) -> VariantResult:
                        for k, val in info.items() if _scalar(val) or isinstance(val, dict)}
         else:
             res = quantize(run.model, mode=v.mode, profile=prof, calibration=run.calib, method=v.method,
-                           per_channel=v.per_channel, weight_type=wtype, output=run.outdir / prof.name / f"{v.name}.onnx",
+                           per_channel=v.per_channel, weight_type=wtype, output=run.outdir / prof.name / f"{v.name}.onnx", allow_fallback=True,
                            progress=False, **dict(v.options))
             rec.path = str(res.output)
             rec.quant = {"warnings": res.warnings, "quantized_nodes": res.quantized_nodes, "float_nodes": res.float_nodes,
@@ -361,11 +374,11 @@ def _build(v: Variant, prof: Any, run: _Run) -> VariantResult:
     return rec
 
 
-def _evaluate(recs: list[VariantResult], prof: Any, run: _Run) -> None:
+def _evaluate(recs: list[VariantResult], prof: Any, run: _Run, ref_out: Any = None) -> Any:
+    """Score each record in order (FP32 first, or ``ref_out``: FP32's outputs from elsewhere); returns FP32's outputs."""
     from .evaldata import eval_metrics, headline, run_model
     from .runtime import make_session
 
-    ref_out = None
     bar = _bar(len(recs), f"{prof.name}: evaluate", run.progress)
     for rec in recs:  # fp32 comes first
         if rec.ok:
@@ -383,6 +396,7 @@ def _evaluate(recs: list[VariantResult], prof: Any, run: _Run) -> None:
                 rec.fail("evaluate", _err(e))
         bar.update()
     bar.close()
+    return ref_out
 
 
 SLOW_PROBE = 2.0  # a variant over this many times FP32's probe latency is not timed at full rounds
@@ -428,10 +442,12 @@ def _probe(runnable: list, feeds: dict, run: _Run, b: int) -> list:
 
 
 def _time(recs: list[VariantResult], prof: Any, run: _Run) -> None:
-    """Latency of every variant at every batch, interleaved; speed-ups against FP32."""
+    """Latency of every variant at every batch, interleaved; speed-ups against FP32 (earlier numbers are dropped)."""
     from .bench import make_feeds, measure_interleaved
     from .results import LatencyStats
 
+    for r in recs:  # all are timed again together, so every latency comes from one interleaved run
+        r.latency, r.speedup, r.latency_note = {}, {}, None
     opened = _open_for_timing(recs, prof, run)
     bar = _bar(len(run.batches) * run.runs, f"{prof.name}: latency", run.progress)
     for b in run.batches:
@@ -508,30 +524,25 @@ def _store(v: Variant, prof: Any, run: _Run, rec: VariantResult) -> None:
         atomic_write(run.outdir / prof.name / f"{v.name}.result.json", dumps(doc))
 
 
-def _run_profile(prof: Any, plan: list[Variant], missing: list[str], run: _Run) -> ProfileResult:
+def _profile_result(prof: Any, missing: list[str], run: _Run, where: str = "on this machine") -> ProfileResult:
+    """An empty profile result; with providers missing ``where`` the variants ran, the notes saying what that means."""
     result = ProfileResult(prof.name, prof.sha256, list(prof.runtime.providers), list(missing), run.primary)
     if missing:
         result.notes.append(
-            f"{', '.join(missing)} missing on this machine: accuracy measured on the available providers (marked FALLBACK)"
+            f"{', '.join(missing)} missing {where}: accuracy measured on the available providers (marked FALLBACK)"
             + ("; latency measured on them too (FALLBACK)" if run.allow_fallback else "; latency not measured"))
-    bar = _bar(len(plan), f"{prof.name}: build", run.progress)
-    for v in plan:
-        result.variants.append(_cached(v, prof, run) or _build(v, prof, run))
-        bar.update()
-    bar.close()
+        if not run.allow_fallback:
+            result.latency_note = (f"not measured: provider {', '.join(missing)} missing (measure where it is installed and "
+                                   "merge with onnxq report, or pass --allow-fallback)")
+    return result
+
+
+def _finish_profile(result: ProfileResult, plan: list[Variant], prof: Any, run: _Run) -> ProfileResult:
+    """Built, scored and timed: the notes, the cache records and the verdict."""
     note = _low_bit_note(result.variants, prof)
     if note:
         result.notes.append(note)
     fresh = [r for r in result.variants if not r.cached]
-    if fresh:
-        _evaluate(result.variants, prof, run)  # FP32 first: every variant is scored against this run's FP32 outputs
-    if missing and not run.allow_fallback:
-        result.latency_note = (f"not measured: provider {', '.join(missing)} missing (measure where it is installed and "
-                               "merge with onnxq report, or pass --allow-fallback)")
-    elif fresh:  # any new variant: all are timed again together, so every latency comes from one interleaved run
-        for r in result.variants:
-            r.latency, r.speedup, r.latency_note = {}, {}, None
-        _time(result.variants, prof, run)
     cached = len(result.variants) - len(fresh)
     if cached:
         result.notes.append(f"{cached} of {len(result.variants)} variants reused from this folder's cache"
@@ -542,6 +553,22 @@ def _run_profile(prof: Any, plan: list[Variant], missing: list[str], run: _Run) 
             _store(v, prof, run, r)
     result.verdict = verdict(result, budget=run.budget, batch=run.primary, metric=run.metric)
     return result
+
+
+def _run_profile(prof: Any, plan: list[Variant], missing: list[str], run: _Run) -> ProfileResult:
+    """One profile in this process (``--executor serial``): build, evaluate, time, decide."""
+    result = _profile_result(prof, missing, run)
+    bar = _bar(len(plan), f"{prof.name}: build", run.progress)
+    for v in plan:
+        result.variants.append(_cached(v, prof, run) or _build(v, prof, run))
+        bar.update()
+    bar.close()
+    fresh = [r for r in result.variants if not r.cached]
+    if fresh:
+        _evaluate(result.variants, prof, run)  # FP32 first: every variant is scored against this run's FP32 outputs
+    if fresh and result.latency_note is None:  # any new variant: all are timed again together
+        _time(result.variants, prof, run)
+    return _finish_profile(result, plan, prof, run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,6 +596,8 @@ def compare(
     weight_type: str | None = None,
     output_name: str | None = None,
     fresh: bool = False,
+    executor: str = "serial",
+    ray_address: str | None = None,
     progress: bool = False,
     log: Any = None,
 ) -> dict[str, Any]:
@@ -588,33 +617,64 @@ def compare(
     output judged (default: see :func:`onnxq.evaldata.choose_output`). Each variant's record is cached
     in OUTDIR (keyed by model, profile, variant, data and settings): a rerun builds only what changed;
     ``fresh`` ignores the cache. OUTDIR holding a compare of another model is refused.
+
+    ``executor``: ``"serial"`` (this process) or ``"ray"`` (every variant as Ray work, placed by the
+    profile's resource; latency still one interleaved task per profile; see :mod:`onnxq.ray_executor`) on
+    the cluster at ``ray_address`` (HOST:PORT), or on a local instance started for the run.
     """
     say = log or (lambda msg: None)
     outdir = Path(outdir)
     batches = _check_args(batches, runs, warmup, threads, budget, metric, outdir, calib, eval_data, weight_type)
-    profs, missing = _resolve_profiles(profiles, allow_fallback, say)
+    ex = _executor(executor, ray_address)
+    profs, missing = _resolve_profiles(profiles, allow_fallback, say, here=ex is None or ex.local)
     plans = {p.name: plan_variants(p, variants, with_qat=task is not None) for p in profs}
-    qat_done: dict[str, dict[str, Any]] = {}
-    model = Path(model) if model is not None else _fp32_from_task(task, profs[0], outdir, calib, epochs, qat_done)
-    planned = {(outdir / p / f"{v.name}.onnx").resolve() for p, vs in plans.items() for v in vs}
-    if model.resolve() in planned:
-        raise InputError(f"the input model {model} lies where compare writes a variant; choose another -o directory")
-    _check_outdir(outdir, model, fresh)
-    specs, edata, metric, batches, primary, chosen = _check_data(model, calib, eval_data, labels_key, metric, batches, threads,
-                                                                 profs[0], say, output_name)
-    if budget is None:
-        from .verdict import DEFAULT_BUDGETS
+    if ex is not None:
+        ex.start(profs, missing, allow_fallback, say)  # refuses a profile no node can run, before any work
+    try:
+        qat_done: dict[str, dict[str, Any]] = {}
+        model = Path(model) if model is not None else _fp32_from_task(task, profs[0], outdir, calib, epochs, qat_done)
+        planned = {(outdir / p / f"{v.name}.onnx").resolve() for p, vs in plans.items() for v in vs}
+        if model.resolve() in planned:
+            raise InputError(f"the input model {model} lies where compare writes a variant; choose another -o directory")
+        _check_outdir(outdir, model, fresh)
+        specs, edata, metric, batches, primary, chosen = _check_data(model, calib, eval_data, labels_key, metric, batches, threads,
+                                                                     profs[0], say, output_name)
+        if budget is None:
+            from .verdict import DEFAULT_BUDGETS
 
-        budget = DEFAULT_BUDGETS[metric]
-    run = _Run(model, str(calib), edata, specs, metric, outdir, batches, primary, warmup, runs, threads, budget,
-               allow_fallback, progress, task, epochs, weight_type, qat_done, output_name=chosen[0], fresh=fresh)
-    run.cache_base = _cache_base(run, calib, eval_data, labels_key)
-    doc = _document(run, calib, eval_data, variants)
-    doc["data"].update(output=chosen[0], output_reason=chosen[1])
-    for prof in profs:
-        doc["profiles"].append(_run_profile(prof, plans[prof.name], missing[prof.name], run).to_dict())
-    _write_outputs(doc, outdir)
-    return doc
+            budget = DEFAULT_BUDGETS[metric]
+        run = _Run(model, str(calib), edata, specs, metric, outdir, batches, primary, warmup, runs, threads, budget,
+                   allow_fallback, progress, task, epochs, weight_type, qat_done, output_name=chosen[0], fresh=fresh)
+        run.cache_base = _cache_base(run, calib, eval_data, labels_key)
+        doc = _document(run, calib, eval_data, variants)
+        doc["data"].update(output=chosen[0], output_reason=chosen[1])
+        if ex is None:
+            for prof in profs:
+                doc["profiles"].append(_run_profile(prof, plans[prof.name], missing[prof.name], run).to_dict())
+        else:
+            doc["profiles"] += ex.run(profs, plans, run)
+            doc["executor"] = ex.describe()
+        _write_outputs(doc, outdir)
+        return doc
+    finally:
+        if ex is not None:
+            ex.close()
+
+
+EXECUTORS = ("serial", "ray")
+
+
+def _executor(executor: str, ray_address: str | None):
+    """None for ``serial`` (which never imports ray); else the Ray executor, ray importable and the address answering."""
+    if executor not in EXECUTORS:
+        raise InputError(f"unknown --executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
+    if executor == "serial":
+        if ray_address is not None:
+            raise InputError("--ray-address needs --executor ray; add it, or drop --ray-address")
+        return None
+    from .ray_executor import RayExecutor
+
+    return RayExecutor(ray_address)
 
 
 def _document(run: _Run, calib: Any, eval_data: Any, variants: Sequence[str] | None) -> dict[str, Any]:

@@ -33,6 +33,10 @@ def test_only_tf_export_imports_tensorflow():
     assert set().union(*(_importers(r) for r in ("tensorflow", "keras", "tf2onnx"))) <= {"tf_export.py"}
 
 
+def test_only_ray_executor_imports_ray():
+    assert _importers("ray") <= {"ray_executor.py"}
+
+
 def test_only_ptq_calibration_and_runtime_import_onnxruntime():
     assert "runtime.py" in _importers("onnxruntime") <= ORT_IMPORTERS
 

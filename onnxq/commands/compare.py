@@ -1,4 +1,5 @@
-"""onnxq compare MODEL --calib CALIB.npz --eval EVAL.npz [--task module:object] [--profile P ...] -o OUTDIR"""
+"""onnxq compare MODEL --calib CALIB.npz --eval EVAL.npz [--task module:object] [--profile P ...] -o OUTDIR
+[--executor serial|ray [--ray-address HOST:PORT]]"""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ def _csv(text: str) -> list[str]:
 
 def register(sub) -> None:
     from ..cli import add_common
+    from ..verdict import DEFAULT_BUDGETS
     from ..vocab import COMPARE_METRICS, WEIGHT_TYPES
+
+    def _g(metric: str) -> str:
+        return f"{DEFAULT_BUDGETS[metric]:g}"
 
     p = sub.add_parser(
         "compare",
@@ -47,8 +52,9 @@ def register(sub) -> None:
     p.add_argument("--runs", type=int, default=30, metavar="R", help="timed runs per variant and batch (default: 30)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: the profile's)")
     p.add_argument("--budget", type=float, metavar="B",
-                   help="how close to FP32 a variant must stay: accuracy points for top1/top5/agreement (default 0.5/0.5/1), "
-                        "the largest KL for kl (default 0.05), the smallest cosine / SQNR dB for cosine / sqnr (default 0.99 / 20)")
+                   help="how close to FP32 a variant must stay: accuracy points for top1/top5/agreement (default "
+                        f"{_g('top1')}/{_g('top5')}/{_g('agreement')}), the largest KL for kl (default {_g('kl')}), the smallest "
+                        f"cosine / SQNR dB for cosine / sqnr (default {_g('cosine')} / {_g('sqnr')}; chosen in benchmarks/results/budgets.md)")
     p.add_argument("--metric", choices=list(COMPARE_METRICS),
                    help="quality metric (default: top1 with labels, else kl for (N, classes) outputs, else cosine)")
     p.add_argument("--output-name", metavar="NAME", help="output to judge (default: an embedding/pooled/logits output before a hidden state)")
@@ -57,6 +63,15 @@ def register(sub) -> None:
                    help="weight type of the PTQ variants (default: the profile's), e.g. int4 to set PTQ against a QAT task "
                         "training int4 weights; int4 needs opset 21 and is not fused by the CPU provider")
     p.add_argument("--allow-fallback", action="store_true", help="measure latency on available providers when the profile's are missing (marked FALLBACK)")
+    p.add_argument("--executor", choices=["serial", "ray"], default="serial",
+                   help="serial (default): everything in this process. ray: each variant's build and evaluation is a Ray task "
+                        "on a node advertising the resource onnxq:profile:<name>; each profile's latency is ONE task timing "
+                        "FP32 and all its variants interleaved on one node while holding that node's onnxq:timing lock "
+                        "(needs pip install 'onnxq[ray]')")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="with --executor ray: the GCS address of a running cluster (`ray start --head` prints it; run onnxq on "
+                        "one of its nodes); without it onnxq starts a local Ray instance advertising the profiles this host "
+                        "can run, and stops it afterwards")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -77,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         labels_key=args.labels, task=args.task, epochs=args.epochs, variants=args.variants, batches=args.batch,
         warmup=args.warmup, runs=args.runs, threads=args.threads, budget=args.budget, metric=args.metric,
         allow_fallback=args.allow_fallback, weight_type=args.weight_type, output_name=args.output_name, fresh=args.fresh,
-        progress=not quiet, log=log,
+        executor=args.executor, ray_address=args.ray_address, progress=not quiet, log=log,
     )
     if args.json:
         sys.stdout.write(dumps(doc))

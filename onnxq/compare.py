@@ -128,6 +128,21 @@ def plan_variants(profile: Any, patterns: Sequence[str] | None = None, *, with_q
     return out
 
 
+def _drop_inapplicable(plans: dict[str, list[Variant]], model: Path, patterns: Sequence[str] | None, say) -> dict[str, list[Variant]]:
+    """Leave out the CLE variant on a model without Conv (CLE equalizes Conv pairs: it could only fail), unless
+    ``--variants`` names it exactly."""
+    from .modelio import load_model
+
+    if patterns and "static-pt-cle-bc" in patterns:  # named exactly: tried, and fails saying why
+        return plans
+    graph = load_model(model, load_external=False).graph
+    if any(n.op_type in ("Conv", "ConvTranspose") for n in graph.node):
+        return plans
+    if any(v.name == "static-pt-cle-bc" for vs in plans.values() for v in vs):
+        say("variant static-pt-cle-bc left out: the model has no Conv for cross-layer equalization")
+    return {p: [v for v in vs if v.name != "static-pt-cle-bc"] for p, vs in plans.items()}
+
+
 class _VariantFailed(Exception):
     def __init__(self, stage: str, message: str):
         super().__init__(message)
@@ -291,6 +306,7 @@ def _check_data(model: Path, calib: Any, eval_data: Any, labels_key, metric, bat
     from .bench import fixed_batch
     from .calibration import CalibrationSet, model_inputs
     from .evaldata import eval_metrics, headline, load_eval_data, run_model
+    from .vocab import is_embedding_name
     from .evaluate import is_classifier_output
     from .modelio import load_model
     from .runtime import make_session
@@ -312,7 +328,8 @@ def _check_data(model: Path, calib: Any, eval_data: Any, labels_key, metric, bat
     pre_metrics = eval_metrics(pre_out, edata, ref=pre_out, output_name=output_name)  # raises on out-of-range labels
     main = pre_out[pre_metrics["output"]]
     if metric is None:
-        metric = "top1" if edata.labels is not None else ("kl" if is_classifier_output(main) else "cosine")
+        scores = is_classifier_output(main) and not is_embedding_name(pre_metrics["output"])
+        metric = "top1" if edata.labels is not None else ("kl" if scores else "cosine")
     headline(pre_metrics, metric)  # raises when the metric cannot be computed
     say(f"judging output {pre_metrics['output']!r} ({pre_metrics['output_reason']}) by {metric}")
     return specs, edata, metric, batches, primary, (pre_metrics["output"], pre_metrics["output_reason"])
@@ -633,6 +650,7 @@ def compare(
     try:
         qat_done: dict[str, dict[str, Any]] = {}
         model = Path(model) if model is not None else _fp32_from_task(task, profs[0], outdir, calib, epochs, qat_done)
+        plans = _drop_inapplicable(plans, model, variants, say)
         planned = {(outdir / p / f"{v.name}.onnx").resolve() for p, vs in plans.items() for v in vs}
         if model.resolve() in planned:
             raise InputError(f"the input model {model} lies where compare writes a variant; choose another -o directory")

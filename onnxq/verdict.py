@@ -117,6 +117,7 @@ METRIC_HELP = {
 def metric_value(metrics: dict[str, Any], metric: str) -> float:
     """The value of ``metric`` for the judged output of an eval/compare metrics record (stdlib; re-derivable)."""
     from .errors import InputError
+    from .vocab import is_embedding_name
 
     main = metrics["output"]
     if metric in ("top1", "top5"):
@@ -126,6 +127,9 @@ def metric_value(metrics: dict[str, Any], metric: str) -> float:
         if metric not in acc:
             raise InputError(f"--metric top5 needs more than 5 classes; output {main!r} has fewer")
         return float(acc[metric])
+    if metric in ("agreement", "kl") and is_embedding_name(main):
+        raise InputError(f"--metric {metric} compares class probabilities, and output {main!r} is an embedding: "
+                         "use --metric cosine (or sqnr), or name a logits output with --output-name")
     fid = (metrics.get("fidelity") or {}).get(main)
     if fid is None:
         raise InputError(f"--metric {metric} compares against a reference model: pass --ref FP32.onnx")

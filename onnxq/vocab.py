@@ -11,7 +11,7 @@ from __future__ import annotations
 __all__ = [
     "MODES", "METHODS", "WEIGHT_TYPES", "ACTIVATION_TYPES", "DYNAMIC_WEIGHT_TYPES", "QAT_WEIGHT_TYPES", "FOUR_BIT",
     "OPT_LEVELS", "FORMATS", "BIAS_CORRECTION", "TARGET_METRICS", "KNOWN_PROVIDERS", "COMPARE_METRICS", "EVAL_METRICS", "percentile_problem",
-    "samples_problem",
+    "samples_problem", "EMBEDDING_OUTPUTS", "is_embedding_name",
 ]
 
 MODES = ("static", "dynamic", "fp16")
@@ -65,3 +65,13 @@ def samples_problem(value: int) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         return f"calibration samples must be a positive integer, got {value!r}"
     return None
+
+
+# Outputs named like these are vectors compared by direction, not class scores: an (N, 384) sentence embedding has
+# the shape of (N, classes) logits, but a softmax over its features (KL, top-1 agreement) means nothing.
+EMBEDDING_OUTPUTS = ("embedding", "pooler", "pooled", "feature", "hidden", "encoder", "vector")
+
+
+def is_embedding_name(name: str) -> bool:
+    """Whether an output's name says it is an embedding/feature vector (judged by cosine, never by KL)."""
+    return any(e in name.lower() for e in EMBEDDING_OUTPUTS)

@@ -470,6 +470,53 @@ def test_compare_without_labels_judges_by_kl_and_names_the_output(mlp_case, tmp_
     assert "budget for the verdict: KL <= 0.005" in (tmp_path / "o" / "report.md").read_text()
 
 
+def _as_embedding(src, dst):
+    """The MLP with its (N, 10) output renamed 'sentence_embedding': the shape of logits, the name of an embedding."""
+    import onnx
+
+    m = onnx.load(str(src))
+    old = m.graph.output[0].name
+    for n in m.graph.node:
+        n.output[:] = ["sentence_embedding" if o == old else o for o in n.output]
+    m.graph.output[0].name = "sentence_embedding"
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_an_embedding_is_judged_by_cosine_and_kl_on_it_is_refused(mlp_case, tmp_path, capsys):
+    d, model = mlp_case
+    emb = _as_embedding(model, tmp_path / "emb.onnx")
+    np.savez(tmp_path / "unlabelled.npz", x=np.load(d / "eval.npz")["x"])
+    args = ["compare", str(emb), "--calib", str(d / "calib.npz"), "--eval", str(tmp_path / "unlabelled.npz"),
+            "--profile", "cpu-x86-vnni", "--variants", "static-pc-minmax", *FAST]
+    assert main([*args, "-o", str(tmp_path / "o")]) == 0
+    doc = load_results(tmp_path / "o" / "report.json")
+    assert doc["data"]["output"] == "sentence_embedding" and doc["data"]["metric"] == "cosine"
+    assert doc["settings"]["budget"]["text"] == "cosine >= 0.995"
+    capsys.readouterr()
+    for metric in ("kl", "agreement"):
+        assert main([*args, "-o", str(tmp_path / metric), "--metric", metric]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--metric {metric} compares class probabilities, and output 'sentence_embedding' is an embedding" in err[0]
+        assert not (tmp_path / metric).exists()
+    # and report cannot re-derive a KL verdict on it either
+    assert main(["report", str(tmp_path / "o" / "report.json"), "--metric", "kl", "--budget", "0.01"]) == 2
+    assert "is an embedding" in capsys.readouterr().err
+
+
+def test_cle_variant_is_left_out_on_a_model_without_conv(mlp_case, tmp_path, capsys):
+    d, model = mlp_case
+    kw = dict(calib=d / "calib.npz", eval_data=d / "eval.npz", profiles=["cpu-x86-vnni"], batches=[2], warmup=0, runs=2, threads=1)
+    said = []
+    doc = compare(model, variants=["static-pc-minmax", "static-pt-*"], outdir=tmp_path / "a", log=said.append, **kw)
+    names = [v["name"] for v in doc["profiles"][0]["variants"]]
+    assert "static-pt-cle-bc" not in names and "static-pt-minmax" in names
+    assert any("static-pt-cle-bc left out: the model has no Conv" in m for m in said)
+    named = compare(model, variants=["static-pt-cle-bc"], outdir=tmp_path / "b", **kw)  # asked for by name: tried, fails clearly
+    (cle,) = [v for v in named["profiles"][0]["variants"] if v["name"] == "static-pt-cle-bc"]
+    assert cle["status"] == "failed" and "has no Conv" in cle["error"]
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--output-name", "nope"], r"the model has no output 'nope'; its outputs are \['y'\]"),
     (["--metric", "top1", "--labels", "nolabels"], "nolabels"),

@@ -297,7 +297,7 @@ def _cache_base(run: _Run, calib: Any, eval_data: Any, labels_key) -> dict[str, 
 
     return {"model": sha(run.model), "calib": sha(calib), "eval": sha(eval_data), "labels": labels_key,
             "batches": run.batches, "runs": run.runs, "warmup": run.warmup, "threads": run.threads,
-            "output": run.output_name}
+            "output": run.output_name, "metric": run.metric}  # a variant's stored quality is in this metric
 
 
 def _check_data(model: Path, calib: Any, eval_data: Any, labels_key, metric, batches, threads, prof, say, output_name=None):

@@ -504,6 +504,17 @@ def test_an_embedding_is_judged_by_cosine_and_kl_on_it_is_refused(mlp_case, tmp_
     assert "is an embedding" in capsys.readouterr().err
 
 
+def test_a_rerun_with_another_metric_rescores_instead_of_reusing_the_old_numbers(mlp_case, tmp_path, capsys):
+    args = ["--profile", "cpu-x86-vnni", "--variants", "static-pc-minmax"]
+    for metric in (["--metric", "kl"], [], ["--metric", "cosine"]):  # kl, then top1 (labels), then cosine: never stale
+        rc, out = _run(mlp_case, tmp_path, *args, *metric)
+        assert rc == 0
+        doc = load_results(out / "report.json")
+        by = {v["name"]: v for v in doc["profiles"][0]["variants"]}
+        want = {"kl": 0.0, "top1": 42 / 48, "cosine": 1.0}[doc["data"]["metric"]]
+        assert by["fp32"]["quality"] == pytest.approx(want) and not by["fp32"].get("cached")
+
+
 def test_cle_variant_is_left_out_on_a_model_without_conv(mlp_case, tmp_path, capsys):
     d, model = mlp_case
     kw = dict(calib=d / "calib.npz", eval_data=d / "eval.npz", profiles=["cpu-x86-vnni"], batches=[2], warmup=0, runs=2, threads=1)

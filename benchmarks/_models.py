@@ -561,8 +561,9 @@ def minilm_inputs(sentences: list[str], seq: int = MINILM_SEQ) -> dict[str, np.n
     }
 
 
-def minilm_onnx(seq: int = MINILM_SEQ) -> Path:
-    """all-MiniLM-L6-v2 -> (input_ids, attention_mask) -> mean-pooled, L2-normalised embedding."""
+def minilm_onnx(seq: int = MINILM_SEQ, two_outputs: bool = False) -> Path:
+    """all-MiniLM-L6-v2 -> (input_ids, attention_mask) -> mean-pooled, L2-normalised embedding; with ``two_outputs``
+    (last_hidden_state, sentence_embedding), the hidden state first, as transformers exports often are."""
 
     def build(path):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -583,14 +584,18 @@ def minilm_onnx(seq: int = MINILM_SEQ) -> Path:
                               token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
                 m = attention_mask.unsqueeze(-1).to(h.dtype)
                 e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-                return torch.nn.functional.normalize(e, dim=-1)
+                e = torch.nn.functional.normalize(e, dim=-1)
+                return (h, e) if two_outputs else e
 
         ex = minilm_inputs(["a sentence to trace the export"], seq)
+        outputs = ["last_hidden_state", "sentence_embedding"] if two_outputs else ["embedding"]
+        axes = {"input_ids": {0: "N", 1: "T"}, "attention_mask": {0: "N", 1: "T"}, outputs[-1]: {0: "N"}}
+        if two_outputs:
+            axes["last_hidden_state"] = {0: "N", 1: "T"}
         export_onnx(Embed(), (torch.from_numpy(ex["input_ids"]), torch.from_numpy(ex["attention_mask"])), path,
-                    ["input_ids", "attention_mask"], ["embedding"],
-                    dynamic_axes={"input_ids": {0: "N", 1: "T"}, "attention_mask": {0: "N", 1: "T"}, "embedding": {0: "N"}})
+                    ["input_ids", "attention_mask"], outputs, dynamic_axes=axes)
 
-    return _cached(f"minilm_l6_t{seq}.onnx", build)
+    return _cached(f"minilm_l6_t{seq}{'_2out' if two_outputs else ''}.onnx", build)
 
 
 # ---------------------------------------------------------------------------------------------

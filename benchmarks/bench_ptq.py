@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models as M  # noqa: E402
+from onnxq.results import to_jsonable  # noqa: E402  strict JSON: inf/NaN as strings, as onnxq's results files
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # the static variant that differs from the profile in MatMul/Gemm output quantization (see _models.py)
@@ -488,7 +489,7 @@ def main(argv=None) -> int:
     res["findings"] = findings(res)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
+    out.with_suffix(".json").write_text(json.dumps(to_jsonable(res), indent=1, allow_nan=False, default=str))
     write_markdown(res, out.with_suffix(".md"))
     for f in res["findings"]:
         print("  * " + f)

@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from onnxq.results import to_jsonable  # strict JSON: inf/NaN as strings, as onnxq's results files
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = "cpu-x86-vnni"
@@ -472,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   FP32 {pct(a['fp32'])}  PTQ {pct(a['ptq_static'])}  QAT {pct(a['qat'])}  "
               f"QAT/PTQ latency b1 {lat['QAT'][1]['vs_first']:.2f}x b32 {lat['QAT'][32]['vs_first']:.2f}x", file=sys.stderr)
     doc["host"]["load_avg_end"] = os.getloadavg()[0]
-    (out / "qat.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    (out / "qat.json").write_text(json.dumps(to_jsonable(doc), indent=2, allow_nan=False, default=str) + "\n")
     write_markdown(doc, out / "qat.md")
     print(f"wrote {out / 'qat.md'} and {out / 'qat.json'}", file=sys.stderr)
     return 0

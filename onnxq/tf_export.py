@@ -344,10 +344,6 @@ def _run_tf(fn, arrays: list[np.ndarray], tf) -> tuple[list[np.ndarray], list[st
     return [np.asarray(t.numpy() if hasattr(t, "numpy") else t) for t in flat], keys
 
 
-def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_param if d.dim_param else int(d.dim_value) for d in vi.type.tensor_type.shape.dim]
-
-
 def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
     """Rename a value everywhere in the graph, subgraphs included (they may read outer values)."""
     for node in graph.node:
@@ -536,22 +532,9 @@ def export_keras(
     with model_unit(path) as unit:  # model and manifest: both or neither
         write_model(onnx_model, unit.model)
         data = unit.seal()
-        res = ExportResult(
-            path=path,
-            opset=opset,
-            input_names=in_names,
-            output_names=out_names,
-            input_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.input if vi.name in in_names},
-            output_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.output},
-            parity=parity,
-            exporter=f"{EXPORTER} (tf2onnx {tf2onnx.__version__})",
-            dynamic_batch=dynamic_batch,
-            profile=prof.name,
-            atol=atol,
-            rtol=rtol,
-            size=unit.model.stat().st_size,
-            wall_s=0.0,
-        )
+        res = ExportResult.written(onnx_model, unit, data, path=path, opset=opset, input_names=in_names, output_names=out_names,
+                                   parity=parity, exporter=f"{EXPORTER} (tf2onnx {tf2onnx.__version__})",
+                                   dynamic_batch=dynamic_batch, profile=prof.name, atol=atol, rtol=rtol)
         res.notes.append(f"source: {src.description}" + (f", signature {SERVING!r}" if src.kind == "saved_model" else ""))
         res.notes.append("input and output layout kept as in the TensorFlow model (NHWC stays NHWC)")
         res.wall_s = time.perf_counter() - t0

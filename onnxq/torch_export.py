@@ -62,6 +62,14 @@ class ExportResult:
     manifest: Path | None = None
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def written(cls, onnx_model: onnx.ModelProto, unit: Any, data: list[dict], **fields: Any) -> "ExportResult":
+        """The result for ``onnx_model`` as written into a sealed model unit: shapes read from its graph, size
+        including its external data; ``fields`` give the rest (``wall_s`` is set by the caller)."""
+        return cls(input_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.input if vi.name in fields["input_names"]},
+                   output_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.output},
+                   size=unit.model.stat().st_size + sum(d["bytes"] for d in data), wall_s=0.0, **fields)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["path"] = str(self.path)
@@ -241,22 +249,9 @@ def export(
     with model_unit(path) as unit:  # model, external data and manifest: all or nothing
         write_model(onnx_model, unit.model)
         data = unit.seal()
-        res = ExportResult(
-            path=path,
-            opset=opset,
-            input_names=in_names,
-            output_names=out_names,
-            input_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.input if vi.name in in_names},
-            output_shapes={vi.name: _dims(vi) for vi in onnx_model.graph.output},
-            parity=parity,
-            exporter=EXPORTER,
-            dynamic_batch=dynamic_batch,
-            profile=prof.name,
-            atol=atol,
-            rtol=rtol,
-            size=unit.model.stat().st_size + sum(d["bytes"] for d in data),
-            wall_s=0.0,
-        )
+        res = ExportResult.written(onnx_model, unit, data, path=path, opset=opset, input_names=in_names, output_names=out_names,
+                                   parity=parity, exporter=EXPORTER, dynamic_batch=dynamic_batch, profile=prof.name,
+                                   atol=atol, rtol=rtol)
         if model_bytes is None:
             res.notes.append("model over 2 GB: parity ran from a temporary file and weights went to a side .data file")
         res.wall_s = time.perf_counter() - t0

@@ -182,6 +182,24 @@ def compute_session(model: Any):
             raise InputError(first_line(e)) from e
 
 
+def optimize_to_file(src: Path, dst: Path) -> None:
+    """onnxruntime's basic graph optimisations (constant folding, redundant-node removal) on the model at ``src``
+    (read from its file, external data included), written to ``dst`` with every initializer of 1 KiB or more in
+    ``DST.data``: the model is never held by Python, so a model over 2 GB costs one copy (the session's)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(dst)
+    so.add_session_config_entry("session.disable_prepacking", "1")
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
+    so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    try:
+        sess = ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise InputError(first_line(e)) from e
+    del sess
+
+
 @contextlib.contextmanager
 def _session_source(model: Any):
     """What InferenceSession takes for ``model``: a path, bytes, or for a ModelProto its bytes, or a temporary

@@ -191,6 +191,7 @@ class _Run:
     output_name: str | None = None
     cache_base: dict[str, Any] = field(default_factory=dict)  # what every variant's cache key includes
     fresh: bool = False
+    shared_calibration: Any = None  # ptq.RangeMemo: pt and pc variants of one estimator share their calibration pass
 
 
 def _qat(task: str, prof: Any, out_path: Path, calib: Any, epochs: int | None) -> dict[str, Any]:
@@ -375,7 +376,7 @@ def _build(v: Variant, prof: Any, run: _Run) -> VariantResult:
         else:
             res = quantize(run.model, mode=v.mode, profile=prof, calibration=run.calib, method=v.method,
                            per_channel=v.per_channel, weight_type=wtype, output=run.outdir / prof.name / f"{v.name}.onnx", allow_fallback=True,
-                           progress=False, **dict(v.options))
+                           progress=False, shared_calibration=run.shared_calibration, **dict(v.options))
             rec.path = str(res.output)
             rec.quant = {"warnings": res.warnings, "quantized_nodes": res.quantized_nodes, "float_nodes": res.float_nodes,
                          "op_types": res.op_types, "manifest": str(res.manifest),
@@ -664,6 +665,9 @@ def compare(
         run = _Run(model, str(calib), edata, specs, metric, outdir, batches, primary, warmup, runs, threads, budget,
                    allow_fallback, progress, task, epochs, weight_type, qat_done, output_name=chosen[0], fresh=fresh)
         run.cache_base = _cache_base(run, calib, eval_data, labels_key)
+        from .ptq import RangeMemo
+
+        run.shared_calibration = RangeMemo()
         doc = _document(run, calib, eval_data, variants)
         doc["data"].update(output=chosen[0], output_reason=chosen[1])
         if ex is None:

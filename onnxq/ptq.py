@@ -22,8 +22,10 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import gc
+import hashlib
 import io
 import logging
 import os
@@ -33,7 +35,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
@@ -53,7 +55,7 @@ from .runtime import require_providers, resolve_profile
 
 __all__ = [
     "quantize", "QuantResult", "ort_arguments", "quantizer_caps", "prepare_graph", "preprocess", "ensure_node_names",
-    "calibrate", "float_nodes_for", "write_qdq", "write_dynamic", "write_fp16", "validate", "count_quantized",
+    "calibrate", "RangeMemo", "float_nodes_for", "write_qdq", "write_dynamic", "write_fp16", "validate", "count_quantized",
 ]
 
 log = logging.getLogger("onnxq")
@@ -296,14 +298,50 @@ def prepare_graph(model: onnx.ModelProto | Path, recipe: Recipe, tmp: Path) -> t
 
 
 def calibrate(model: onnx.ModelProto, recipe: Recipe, calib: CalibrationSet, *, progress: bool = True,
-              observers: dict[str, Any] | None = None) -> RangeReport:
+              observers: dict[str, Any] | None = None, shared: RangeMemo | None = None) -> RangeReport:
     """A range for every activation the recipe's op types touch (onnxq's streaming calibration); ``observers``
-    ({tensor: accumulator}) see the same pass."""
+    ({tensor: accumulator}) see the same pass. With ``shared``, a pass identical to one already made (same graph,
+    samples and estimator) is not run again."""
     spec = recipe.calibration
     if spec is None:
         raise InputError(f"mode {recipe.mode!r} is not calibrated; only --mode static is")
-    return collect_ranges(model, calib, method=spec.method, percentile=spec.percentile, op_types=recipe.op_types,
-                          num_bins=spec.num_bins, progress=progress, batch_size=spec.batch_size, observers=observers)
+    key = shared.key(model, recipe, calib) if shared is not None and not observers else None
+    if key is not None and key in shared:
+        return shared.get(key)
+    report = collect_ranges(model, calib, method=spec.method, percentile=spec.percentile, op_types=recipe.op_types,
+                            num_bins=spec.num_bins, progress=progress, batch_size=spec.batch_size, observers=observers)
+    if key is not None:
+        shared.put(key, report)
+    return report
+
+
+class RangeMemo:
+    """Calibration results shared between quantize calls in one process (``onnxq compare`` builds per-tensor and
+    per-channel variants of each estimator: the activations they calibrate are the same). Keyed by the
+    pre-processed graph's bytes, the samples' digest and every setting the ranges depend on; a hit is a copy.
+    Models staged with external data are never keyed (their graph cannot be serialised whole)."""
+
+    def __init__(self) -> None:
+        self._reports: dict[tuple, RangeReport] = {}
+        self.hits = 0
+
+    def key(self, model: onnx.ModelProto, recipe: Recipe, calib: CalibrationSet) -> tuple | None:
+        if recipe.external_data:
+            return None
+        spec = recipe.calibration
+        graph = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+        return (graph, calib.sha256(), calib.count, spec.method, spec.percentile, spec.num_bins, spec.batch_size,
+                tuple(recipe.op_types))
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._reports
+
+    def get(self, key: tuple) -> RangeReport:
+        self.hits += 1
+        return copy.deepcopy(self._reports[key])
+
+    def put(self, key: tuple, report: RangeReport) -> None:
+        self._reports[key] = copy.deepcopy(report)
 
 
 def float_nodes_for(model: onnx.ModelProto, report: RangeReport) -> list[tuple[str, str]]:
@@ -318,8 +356,16 @@ def float_nodes_for(model: onnx.ModelProto, report: RangeReport) -> list[tuple[s
     return out
 
 
-def write_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], recipe: Recipe, out_path: Path, tmp: Path) -> None:
-    """Write a QDQ model with onnxruntime's quantizer, using ranges computed by onnxq."""
+def stage_for_writer(model: onnx.ModelProto, recipe: Recipe, tmp: Path) -> Path:
+    """The file onnxruntime's quantizer reads: ``model`` at the recipe's opset (pass it to :func:`write_qdq`, then
+    drop the model: the writer holds a big model's weights alone)."""
+    return write_model(_to_opset(model, recipe), tmp / "to_quantize.onnx", external=recipe.external_data)
+
+
+def write_qdq(model: onnx.ModelProto | Path, ranges: dict[str, tuple[float, float]], recipe: Recipe, out_path: Path,
+              tmp: Path) -> None:
+    """Write a QDQ model with onnxruntime's quantizer, using ranges computed by onnxq; ``model`` may be the file
+    :func:`stage_for_writer` wrote."""
     from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
@@ -327,8 +373,7 @@ def write_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], re
             for k, (lo, hi) in ranges.items()}
     cache = tmp / "ranges.json"
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
-    src = tmp / "to_quantize.onnx"
-    write_model(_to_opset(model, recipe), src, external=recipe.external_data)
+    src = model if isinstance(model, Path) else stage_for_writer(model, recipe, tmp)
     try:
         with _quiet_onnxruntime():
             quantize_static(str(src), str(out_path), **ort_arguments(recipe, ranges_path=cache))
@@ -484,9 +529,12 @@ def bias_correct(model: onnx.ModelProto, ranges: dict, recipe: Recipe, layers: l
 
     t0 = time.perf_counter()
     q0 = tmp / "bias_correction.onnx"
-    write_qdq(model, ranges, recipe, q0, tmp)
     base = bc.biases(model, layers)
-    applied = bc.apply_corrections(model, layers, bc.fast_corrections(model, layers, onnx.load(str(q0)), means), base)
+    fast = []
+    for chunk in _by_weight_bytes(model, layers, BC_CHUNK_BYTES):  # the layers' weights as onnxruntime quantizes them
+        write_qdq(_layers_alone(model, chunk), ranges, recipe, q0, tmp)
+        fast += bc.fast_corrections(model, chunk, onnx.load(str(q0)), means)
+    applied = bc.apply_corrections(model, layers, fast, base)
     info: dict[str, Any] = {"method": recipe.algorithms.bias_correction, "layers": len(layers),
                             "fast": {"corrected": len(applied), "biases_added": sum(c.added_bias for c in applied),
                                      "max_shift": max((c.size for c in applied), default=0.0)}}
@@ -514,6 +562,43 @@ def bias_correct(model: onnx.ModelProto, ranges: dict, recipe: Recipe, layers: l
 
 
 FULL_BC_PASSES = 2
+BC_CHUNK_BYTES = 256 * 2**20  # weights quantized per writer call in fast bias correction
+
+
+def _by_weight_bytes(model: onnx.ModelProto, layers: list, limit: int) -> Iterator[list]:
+    """``layers`` in graph order, in runs whose weights add up to at most ``limit`` bytes (one layer at least)."""
+    size = {t.name: len(t.raw_data) for t in model.graph.initializer}
+    run, total = [], 0
+    for layer in layers:
+        n = size.get(layer.weight, 0)
+        if run and total + n > limit:
+            yield run
+            run, total = [], 0
+        run.append(layer)
+        total += n
+    if run:
+        yield run
+
+
+def _layers_alone(model: onnx.ModelProto, layers: list) -> onnx.ModelProto:
+    """The layers' nodes by themselves, each reading its activation as a graph input, with copies of their
+    weights and biases: what fast bias correction needs quantized (onnxruntime quantizes a weight from its node
+    alone). A big model's layers go through the writer a few at a time instead of all its weights at once."""
+    inits = {t.name: t for t in model.graph.initializer}
+    info = {v.name: v for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+    nodes = [layer.node for layer in layers]
+    made = {o for n in nodes for o in n.output}
+
+    def value(name: str) -> onnx.ValueInfoProto:
+        return info.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+
+    needed = list(dict.fromkeys(i for n in nodes for i in n.input if i))
+    graph = onnx.helper.make_graph(
+        nodes, "layers", [value(i) for i in needed if i not in inits and i not in made],
+        [value(o) for n in nodes for o in n.output], [inits[i] for i in needed if i in inits])
+    alone = onnx.helper.make_model(graph, opset_imports=model.opset_import)
+    alone.ir_version = model.ir_version
+    return alone
 
 
 def _holdout_score(path: Path, ref_path: Path, holdout: CalibrationSet, profile: Profile) -> float:
@@ -660,7 +745,7 @@ def target_fallback(model: onnx.ModelProto, ranges: dict, recipe: Recipe, out_pa
     return recipe, info
 
 
-def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random, ref_path, profile, output_name=None):
+def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random, ref_path, profile, output_name=None, shared=None):
     """Stages 1-3 of static mode; returns (recipe with float nodes, holdout, report facts, warnings, preprocess label)."""
     from .algorithms import bias_correction as bc
     from .algorithms.graph import weight_layers
@@ -687,7 +772,8 @@ def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random, ref_path
                      f"are fewer than the {bc.MIN_SAMPLES} it needs")
         layers = []
     means = {l.node.input[0]: bc.MeanInput() for l in layers}
-    report = calibrate(pre, recipe, calib_part, progress=progress, observers=means)
+    hits = shared.hits if shared is not None else 0
+    report = calibrate(pre, recipe, calib_part, progress=progress, observers=means, shared=shared)
     kept = float_nodes_for(pre, report)
     warns = early
     if report.float_tensors:
@@ -701,7 +787,12 @@ def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random, ref_path
             uncorrected.CopyFrom(pre)  # float weights AND biases for nodes the fallback keeps in float
         layers = [l for l in layers if l.name not in set(recipe.excluded_nodes)]
         algorithms["bias_correction"] = bias_correct(pre, report.ranges, recipe, layers, means, calib_part, tmp, progress=progress)
-    write_qdq(pre, report.ranges, recipe, tmp_out, tmp)
+    if recipe.target is None:  # the float graph is done with: onnxruntime alone holds the weights while it writes
+        staged = stage_for_writer(pre, recipe, tmp)
+        del pre, layers
+        write_qdq(staged, report.ranges, recipe, tmp_out, tmp)
+    else:
+        write_qdq(pre, report.ranges, recipe, tmp_out, tmp)
     if recipe.target is not None:
         recipe, algorithms["target"] = target_fallback(pre, report.ranges, recipe, tmp_out, holdout, ref_path, profile, tmp,
                                                        output_name=output_name, progress=progress, float_model=uncorrected)
@@ -709,6 +800,7 @@ def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random, ref_path
             "held_out": holdout.count if holdout is not calib else 0, "method": recipe.calibration.method,
             "percentile": recipe.calibration.percentile if recipe.calibration.method in ("percentile", "mean_percentile") else None,
             "tensors": len(report.ranges), "not_representative": calib_random,
+            "shared_pass": shared is not None and shared.hits > hits,
             "float_tensors": dict(report.float_tensors), "algorithms": algorithms}
     return recipe, holdout, info, warns, label
 
@@ -743,12 +835,16 @@ def quantize(
     output_name: str | None = None,
     allow_fallback: bool = False,
     progress: bool = True,
+    shared_calibration: RangeMemo | None = None,
 ) -> QuantResult:
     """Quantize an FP32 ONNX model for a hardware profile and measure what it cost.
 
     >>> res = quantize("net.onnx", mode="static", calibration="calib.npz", profile="cpu-x86-vnni")  # doctest: +SKIP
     >>> res.size_after < res.size_before, res.recipe.weight_type                                     # doctest: +SKIP
     (True, 'int8')
+
+    ``shared_calibration`` (a :class:`RangeMemo`) lets several calls in one process share identical calibration
+    passes: the per-tensor and per-channel variants of one estimator calibrate the same activations.
     """
     t0 = time.perf_counter()
     model_path = Path(model_path)
@@ -809,7 +905,7 @@ def quantize(
         if recipe.mode == "static":
             recipe, holdout, calib_info, more, label = _static(
                 source, recipe, calib, tmp, tmp_out, progress, bool(calib_random) and calibration is None, ref_path, prof,
-                output_name)
+                output_name, shared_calibration)
             warns += more
         else:
             if recipe.mode == "dynamic":

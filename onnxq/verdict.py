@@ -226,10 +226,14 @@ class _Facts:
         return f"{_signed(-self.loss(v))} points" if self.b.points else self.b.show(float(v.quality))
 
 
-def _no_labels_next(f: _Facts) -> str:
+def _no_labels_next(f: _Facts, ptq: list[VariantResult]) -> str:
+    """The next PTQ step: float fallback, and the algorithms only where no measured variant used them already."""
+    corrected = any((((v.quant or {}).get("recipe") or {}).get("algorithms") or {}).get("bias_correction", "none") != "none"
+                    for v in ptq)
+    also = [] if corrected else ["a bias-corrected static variant (--bias-correction fast)"]
     return (f"QAT needs labels (or a distillation setup) that this evaluation data does not have; next PTQ step: keep the "
             f"most sensitive nodes in float (onnxq quantize --target {f.b.metric if f.b.metric in ('kl', 'cosine', 'sqnr') else 'top1'}="
-            f"{f.b.value:g}), or a bias-corrected / equalized static variant")
+            f"{f.b.value:g})" + "".join(f", or {a}" for a in also))
 
 
 def _ptq_sentence(f: _Facts, ptq: list[VariantResult], qat: VariantResult | None, control: VariantResult | None,
@@ -256,12 +260,12 @@ def _ptq_sentence(f: _Facts, ptq: list[VariantResult], qat: VariantResult | None
     if not f.b.points:
         miss = f"The best PTQ variant ({best.label}) misses the budget: {f.b.show(float(best.quality))} ({f.b.text()}). "
         if qat is None:
-            return miss + _no_labels_next(f) + "."
+            return miss + _no_labels_next(f, ptq) + "."
         return miss + f"QAT: {f.vs_fp32(qat)}" + (" (within the budget)." if f.within(qat) else " (outside it too).")
     lost = f.loss(best)
     if qat is None:
         if f.b.metric not in LABELLED:
-            return f"The best PTQ variant ({best.label}) loses {lost:.1f} points against FP32 (budget {f.b.value:g}): " + _no_labels_next(f) + "."
+            return f"The best PTQ variant ({best.label}) loses {lost:.1f} points against FP32 (budget {f.b.value:g}): " + _no_labels_next(f, ptq) + "."
         return (f"The best PTQ variant ({best.label}) loses {lost:.1f} points against FP32 (budget {f.b.value:g}): try QAT "
                 "(--task), or keep the most sensitive nodes in float (onnxq quantize --target ...).")
     lq = f.loss(qat)

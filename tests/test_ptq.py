@@ -231,3 +231,61 @@ def test_calib_samples_is_exact_or_says_why(cnn_model, tmp_path):
                        output=tmp_path / "b.onnx", progress=False)
     assert r.calibration["samples_used"] == 77 and r.calibration["held_out"] == 19
     assert any("90 calibration samples asked for, 96 in the data: 77 used" in w for w in r.warnings)
+
+
+def test_shared_calibration_runs_one_pass_per_estimator_and_changes_nothing(tmp_path, monkeypatch):
+    """compare's per-tensor and per-channel variants of one estimator calibrate the same activations: with a
+    RangeMemo the second reuses the first's pass (not run again) and writes exactly the model it writes alone."""
+    import tiny_models
+    from onnxq import calibration
+    from onnxq.ptq import RangeMemo
+
+    src = tmp_path / "cnn.onnx"
+    tiny_models.cnn(src)
+    calib = {"input": tiny_models.cnn_data(64)["input"]}
+    kw = dict(calibration=calib, profile="cpu-x86-vnni", progress=False, bias_correction="none", cle=False, smoothquant=False)
+    onnxq.quantize(src, method="entropy", per_channel=True, output=tmp_path / "alone.onnx", **kw)
+    passes = []
+    real = calibration.collect_ranges
+    monkeypatch.setattr("onnxq.ptq.collect_ranges", lambda *a, **k: passes.append(k["method"]) or real(*a, **k))
+    memo = RangeMemo()
+
+    def raw(path):
+        return {k: v.tobytes() for k, v in inits(path).items()}
+
+    pt = onnxq.quantize(src, method="entropy", per_channel=False, output=tmp_path / "pt.onnx", shared_calibration=memo, **kw)
+    pc = onnxq.quantize(src, method="entropy", per_channel=True, output=tmp_path / "pc.onnx", shared_calibration=memo, **kw)
+    mm = onnxq.quantize(src, method="minmax", per_channel=True, output=tmp_path / "mm.onnx", shared_calibration=memo, **kw)
+    assert passes == ["entropy", "minmax"] and memo.hits == 1  # another estimator is another pass
+    assert [r.calibration["shared_pass"] for r in (pt, pc, mm)] == [False, True, False]
+    assert raw(tmp_path / "pc.onnx") == raw(tmp_path / "alone.onnx")
+    assert ops(tmp_path / "pc.onnx") == ops(tmp_path / "alone.onnx") and raw(tmp_path / "pt.onnx") != raw(tmp_path / "pc.onnx")
+
+
+@pytest.mark.parametrize("build", ["cnn", "mlp"])  # Conv + Gemm; MatMul + Add
+def test_fast_bias_correction_from_the_layers_alone_equals_the_whole_model(tmp_path, monkeypatch, build):
+    """Fast bias correction reads each weight as onnxruntime quantizes it. It quantizes the layers by themselves (a
+    few at a time for a big model) instead of writing the whole model: the same corrections, byte for byte, as
+    from the whole model's QDQ graph, and with one layer per writer call."""
+    import tiny_models
+    from onnxq import ptq
+
+    src = tmp_path / f"{build}.onnx"
+    getattr(tiny_models, build)(src)
+    data = tiny_models.cnn_data(64) if build == "cnn" else {"x": np.random.default_rng(2).standard_normal((64, 64)).astype(np.float32)}
+    kw = dict(calibration=data, profile="cpu-x86-vnni", progress=False, bias_correction="fast", smoothquant=False, cle=False)
+
+    def raw(path):
+        return {k: v.tobytes() for k, v in inits(path).items()}
+
+    chunked = onnxq.quantize(src, output=tmp_path / "chunked.onnx", **kw)
+    monkeypatch.setattr(ptq, "BC_CHUNK_BYTES", 1)
+    one = onnxq.quantize(src, output=tmp_path / "one.onnx", **kw)
+    monkeypatch.setattr(ptq, "_layers_alone", lambda model, layers: model)  # the whole model, as before
+    monkeypatch.setattr(ptq, "_by_weight_bytes", lambda model, layers, limit: iter([layers]))
+    whole = onnxq.quantize(src, output=tmp_path / "whole.onnx", **kw)
+    fast = whole.calibration["algorithms"]["bias_correction"]["fast"]
+    assert fast["corrected"] > 0 and fast["max_shift"] > 0
+    for r in (chunked, one):
+        assert r.calibration["algorithms"]["bias_correction"]["fast"] == fast
+    assert raw(tmp_path / "chunked.onnx") == raw(tmp_path / "whole.onnx") == raw(tmp_path / "one.onnx")

@@ -290,8 +290,11 @@ def _control_sentence(f: _Facts, qat: VariantResult | None, control: VariantResu
     gain = -f.loss(control)  # the control's points above the original FP32
     gap = f.pts(control) - f.pts(qat)  # QAT's points below its own control
     facts.update(training_gain_points=gain, qat_quantization_gap_points=gap)
-    s = (f"Against its FP32 control (fine-tuned for the same steps): QAT's quantization gap is {gap:.1f} points; the training "
-         f"itself moved FP32 by {_signed(gain)} points")
+    where = (f"QAT's quantization gap is {gap:.1f} points (QAT below its control)" if gap >= 0.05 else
+             f"QAT is {-gap:.1f} points above its control (no quantization gap)" if gap <= -0.05 else
+             "QAT matches its control (no quantization gap)")
+    s = (f"Against its FP32 control (fine-tuned for the same steps): {where}; the training itself moved FP32 by "
+         f"{_signed(gain)} points")
     if gain > 0.05 and -f.loss(qat) > 0:
         s += f", so QAT's {_signed(-f.loss(qat))} points over the original FP32 are training, not quantization"
     return s + "."

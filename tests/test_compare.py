@@ -451,9 +451,16 @@ def test_verdict_separates_training_gain_from_quantization_gap():
               _v("qat-control", "fp32-control", 0.9480, 1.0, label="FP32 control"))
     v = verdict(p, budget=0.5)
     assert v["sentences"][0].startswith("PTQ s is within 0.4 points of FP32")
-    assert ("Against its FP32 control (fine-tuned for the same steps): QAT's quantization gap is 0.2 points; the training itself "
-            "moved FP32 by +2.4 points, so QAT's +2.2 points over the original FP32 are training, not quantization.") in v["text"]
+    assert ("Against its FP32 control (fine-tuned for the same steps): QAT's quantization gap is 0.2 points (QAT below its "
+            "control); the training itself moved FP32 by +2.4 points, so QAT's +2.2 points over the original FP32 are training, "
+            "not quantization.") in v["text"]
     assert v["facts"]["training_gain_points"] == pytest.approx(2.39) and v["recommended"] != "qat-control"
+    # QAT above its control (the Fashion example: 90.03 vs 89.94): said as such, not as a negative gap
+    p = _prof(_v("fp32", "fp32", 0.9005, 1.0), _v("s", "ptq", 0.9013, 1.0), _v("qat", "qat", 0.9003, 1.0, label="QAT"),
+              _v("qat-control", "fp32-control", 0.8994, 1.0, label="FP32 control"))
+    v = verdict(p, budget=0.5)
+    assert "QAT is 0.1 points above its control (no quantization gap); the training itself moved FP32 by -0.1 points." in v["text"]
+    assert v["facts"]["qat_quantization_gap_points"] == pytest.approx(-0.09)
 
 
 def test_compare_without_labels_judges_by_kl_and_names_the_output(mlp_case, tmp_path, capsys):

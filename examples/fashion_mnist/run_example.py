@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             f"- export: opset {exp.opset}, dynamic batch, parity vs PyTorch max-abs {exp.parity['output']['max_abs']:.2g}",
             (
-                f"- calibration: {args.calib_samples} training images, method {static.plan['method']}; "
+                f"- calibration: {args.calib_samples} training images, method {static.recipe.calibration.method}; "
                 f"static quantized nodes {static.quantized_nodes} / float {static.float_nodes}"
             ),
             "- accuracy on all 10,000 test images; 'top-1 agree' and 'cosine' compare each INT8 model with FP32",

@@ -289,3 +289,23 @@ def test_fast_bias_correction_from_the_layers_alone_equals_the_whole_model(tmp_p
     for r in (chunked, one):
         assert r.calibration["algorithms"]["bias_correction"]["fast"] == fast
     assert raw(tmp_path / "chunked.onnx") == raw(tmp_path / "whole.onnx") == raw(tmp_path / "one.onnx")
+
+
+def test_excluded_node_stays_float_after_onnxruntime_optimizes(tmp_path):
+    """A node the user keeps in float must run in float. onnxruntime's WeightBiasQuantization re-quantizes a float
+    Conv fed by a per-tensor DequantizeLinear; onnxq's guard gives it its own per-channel one. The guard's rewrite
+    adds one DQ and drops the bypassed one, so it was once never saved (node count unchanged): MobileNetV2's 17
+    excluded depthwise convs ran as QLinearConv (KL 0.178; guarded 0.073)."""
+    import tiny_models
+
+    src = tmp_path / "cnn.onnx"
+    tiny_models.cnn(src)
+    calib = {"input": tiny_models.cnn_data(64)["input"]}
+    out = tmp_path / "o.onnx"
+    onnxq.quantize(src, calibration=calib, profile="cpu-x86-vnni", progress=False, output=out, exclude_nodes=["conv2"])
+    written = onnx.load(str(out))
+    conv2 = next(n for n in written.graph.node if n.name == "conv2")
+    assert conv2.input[0] == "onnxq_float_guard.conv2.input"
+    assert not [n for n in written.graph.node if n.op_type == "DequantizeLinear" and not any(o in {i for m in written.graph.node for i in m.input} for o in n.output)]
+    opt = optimized_ops(out, tmp_path)
+    assert opt["Conv"] == 1 and opt["QLinearConv"] == 1  # conv1 fused, conv2 float

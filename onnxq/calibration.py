@@ -912,6 +912,7 @@ class RangeReport:
     float_tensors: dict[str, str] = field(default_factory=dict)  # tensor -> why
     samples: int = 0
     method: str = "minmax"
+    shared: bool = False  # taken from an identical earlier pass (ptq.RangeMemo), not measured again
 
 
 class _Collector:

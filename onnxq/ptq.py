@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import gc
 import hashlib
@@ -306,8 +307,9 @@ def calibrate(model: onnx.ModelProto, recipe: Recipe, calib: CalibrationSet, *, 
     if spec is None:
         raise InputError(f"mode {recipe.mode!r} is not calibrated; only --mode static is")
     key = shared.key(model, recipe, calib) if shared is not None and not observers else None
-    if key is not None and key in shared:
-        return shared.get(key)
+    hit = shared.get(key) if key is not None else None
+    if hit is not None:
+        return hit
     report = collect_ranges(model, calib, method=spec.method, percentile=spec.percentile, op_types=recipe.op_types,
                             num_bins=spec.num_bins, progress=progress, batch_size=spec.batch_size, observers=observers)
     if key is not None:
@@ -333,12 +335,12 @@ class RangeMemo:
         return (graph, calib.sha256(), calib.count, spec.method, spec.percentile, spec.num_bins, spec.batch_size,
                 tuple(recipe.op_types))
 
-    def __contains__(self, key: tuple) -> bool:
-        return key in self._reports
-
-    def get(self, key: tuple) -> RangeReport:
+    def get(self, key: tuple) -> RangeReport | None:
+        """A copy of the stored report, marked ``shared``; None on a miss."""
+        if key not in self._reports:
+            return None
         self.hits += 1
-        return copy.deepcopy(self._reports[key])
+        return dataclasses.replace(copy.deepcopy(self._reports[key]), shared=True)
 
     def put(self, key: tuple, report: RangeReport) -> None:
         self._reports[key] = copy.deepcopy(report)
@@ -385,11 +387,7 @@ def write_qdq(model: onnx.ModelProto | Path, ranges: dict[str, tuple[float, floa
         from .algorithms.sensitivity import guard_float_nodes
 
         written = onnx.load(str(out_path))
-        before = [(n.name, list(n.input)) for n in written.graph.node]
-        guard_float_nodes(written, set(recipe.excluded_nodes))
-        # compared by wiring, not node count: a guard DQ added and the bypassed one dropped leave the count equal
-        # (MobileNetV2's 17 depthwise convs were written unguarded that way and re-quantized by onnxruntime)
-        if [(n.name, list(n.input)) for n in written.graph.node] != before:
+        if guard_float_nodes(written, set(recipe.excluded_nodes)):  # (the node count alone stays equal: one DQ in, one out)
             write_model(written, out_path, external=recipe.external_data)
 
 
@@ -541,8 +539,6 @@ def bias_correct(model: onnx.ModelProto, ranges: dict, recipe: Recipe, layers: l
                             "fast": {"corrected": len(applied), "biases_added": sum(c.added_bias for c in applied),
                                      "max_shift": max((c.size for c in applied), default=0.0)}}
     if recipe.algorithms.bias_correction == "full":
-        import dataclasses
-
         n = min(calib.count, FULL_BC_SAMPLES)
         # Relu/Clip kept as nodes, so the float tensor entering each input quantizer exists (same numerics)
         measuring = dataclasses.replace(recipe, layout=dataclasses.replace(recipe.layout, keep_removable_activations=True))
@@ -569,7 +565,7 @@ BC_CHUNK_BYTES = 256 * 2**20  # weights quantized per writer call in fast bias c
 
 def _by_weight_bytes(model: onnx.ModelProto, layers: list, limit: int) -> Iterator[list]:
     """``layers`` in graph order, in runs whose weights add up to at most ``limit`` bytes (one layer at least)."""
-    size = {t.name: len(t.raw_data) for t in model.graph.initializer}
+    size = {t.name: t.ByteSize() for t in model.graph.initializer}  # (len(t.raw_data) would copy every weight)
     run, total = [], 0
     for layer in layers:
         n = size.get(layer.weight, 0)
@@ -774,7 +770,6 @@ def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random, ref_path
                      f"are fewer than the {bc.MIN_SAMPLES} it needs")
         layers = []
     means = {l.node.input[0]: bc.MeanInput() for l in layers}
-    hits = shared.hits if shared is not None else 0
     report = calibrate(pre, recipe, calib_part, progress=progress, observers=means, shared=shared)
     kept = float_nodes_for(pre, report)
     warns = early
@@ -789,12 +784,10 @@ def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random, ref_path
             uncorrected.CopyFrom(pre)  # float weights AND biases for nodes the fallback keeps in float
         layers = [l for l in layers if l.name not in set(recipe.excluded_nodes)]
         algorithms["bias_correction"] = bias_correct(pre, report.ranges, recipe, layers, means, calib_part, tmp, progress=progress)
+    staged = stage_for_writer(pre, recipe, tmp)
     if recipe.target is None:  # the float graph is done with: onnxruntime alone holds the weights while it writes
-        staged = stage_for_writer(pre, recipe, tmp)
         del pre, layers
-        write_qdq(staged, report.ranges, recipe, tmp_out, tmp)
-    else:
-        write_qdq(pre, report.ranges, recipe, tmp_out, tmp)
+    write_qdq(staged, report.ranges, recipe, tmp_out, tmp)
     if recipe.target is not None:
         recipe, algorithms["target"] = target_fallback(pre, report.ranges, recipe, tmp_out, holdout, ref_path, profile, tmp,
                                                        output_name=output_name, progress=progress, float_model=uncorrected)
@@ -802,7 +795,7 @@ def _static(model, recipe, calib, tmp, tmp_out, progress, calib_random, ref_path
             "held_out": holdout.count if holdout is not calib else 0, "method": recipe.calibration.method,
             "percentile": recipe.calibration.percentile if recipe.calibration.method in ("percentile", "mean_percentile") else None,
             "tensors": len(report.ranges), "not_representative": calib_random,
-            "shared_pass": shared is not None and shared.hits > hits,
+            "shared_pass": report.shared,
             "float_tensors": dict(report.float_tensors), "algorithms": algorithms}
     return recipe, holdout, info, warns, label
 

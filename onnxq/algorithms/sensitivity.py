@@ -78,7 +78,8 @@ def with_float_nodes(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, name
                     set_const(m, name, value)
                     node.input[k] = name
     _drop_dead(m)
-    return guard_float_nodes(m, names)
+    guard_float_nodes(m, names)
+    return m
 
 
 def _float_graph_inputs(m: onnx.ModelProto, names: set[str] | list[str]) -> None:
@@ -102,9 +103,10 @@ def _float_graph_inputs(m: onnx.ModelProto, names: set[str] | list[str]) -> None
             node.input[0] = q.input[0]
 
 
-def guard_float_nodes(qmodel: onnx.ModelProto, names: set[str] | list[str]) -> onnx.ModelProto:
+def guard_float_nodes(qmodel: onnx.ModelProto, names: set[str] | list[str]) -> int:
     """Give each named float Conv/ConvTranspose/Gemm fed by a per-tensor DequantizeLinear its own per-channel one
-    (same scale and zero point per channel) so onnxruntime's optimizer leaves it in float (in place; returns it)."""
+    (same scale and zero point per channel) so onnxruntime's optimizer leaves it in float (in place); returns how
+    many nodes it guarded."""
     prod = producers(qmodel)
     shapes = {vi.name: vi for vi in list(qmodel.graph.value_info) + list(qmodel.graph.input)}
     added = []
@@ -136,7 +138,7 @@ def guard_float_nodes(qmodel: onnx.ModelProto, names: set[str] | list[str]) -> o
         del qmodel.graph.node[:]
         qmodel.graph.node.extend(order)
         _drop_dead(qmodel)
-    return qmodel
+    return len(added)
 
 
 def _channels(node: onnx.NodeProto, vi: onnx.ValueInfoProto | None, model: onnx.ModelProto) -> int | None:
